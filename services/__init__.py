@@ -1,0 +1,1 @@
+"""Kushim services. Each package is independent; only `services.cli` composes them."""

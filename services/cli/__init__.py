@@ -1,0 +1,1 @@
+"""Kushim cli service."""

@@ -1,0 +1,1 @@
+"""Kushim collector_cloudtrail service."""

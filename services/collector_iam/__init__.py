@@ -1,0 +1,1 @@
+"""Kushim collector_iam service."""

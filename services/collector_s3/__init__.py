@@ -1,0 +1,1 @@
+"""Kushim collector_s3 service."""

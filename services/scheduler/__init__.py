@@ -1,0 +1,1 @@
+"""Kushim scheduler service."""

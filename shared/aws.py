@@ -1,0 +1,192 @@
+"""aiobotocore session and client factory, API-call accounting and error classification.
+
+Clients come from one `AwsClients` built at a composition root and passed down. `AWS_ENDPOINT_URL` (tests and the
+demo point it at moto) is passed explicitly; service-specific `AWS_ENDPOINT_URL_<SERVICE>` variables are honoured by
+botocore itself when it is unset.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager as AbstractClientCM
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, overload
+
+from aiobotocore.config import AioConfig
+from aiobotocore.session import AioSession, get_session
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    EndpointConnectionError,
+    NoCredentialsError,
+    ReadTimeoutError,
+)
+from botocore.exceptions import (
+    ConnectionError as BotoConnectionError,
+)
+
+from shared.permissions import iam_action
+from shared.settings import Settings
+
+if TYPE_CHECKING:
+    from types_aiobotocore_cloudtrail import CloudTrailClient
+    from types_aiobotocore_iam import IAMClient
+    from types_aiobotocore_s3 import S3Client
+    from types_aiobotocore_sts import STSClient
+
+ACCESS_DENIED_CODES = frozenset(
+    {
+        "AccessDenied",
+        "AccessDeniedException",
+        "UnauthorizedOperation",
+        "UnauthorizedAccess",
+        "AuthorizationError",
+        "InvalidClientTokenId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "ExpiredTokenException",
+        "AllAccessDisabled",
+    }
+)
+THROTTLING_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "SlowDown",
+        "RequestLimitExceeded",
+        "ProvisionedThroughputExceededException",
+    }
+)
+
+
+class TransientAwsError(Exception):
+    """An AWS failure worth retrying later (throttling, 5xx, connection): the message is redelivered with a delay."""
+
+
+@dataclass(frozen=True, slots=True)
+class AwsCallError:
+    """A failed AWS call, as an ERROR finding reports it."""
+
+    service: str
+    operation: str
+    code: str
+    message: str
+    permission: str
+    transient: bool
+
+    def describe(self) -> str:
+        if self.code in ACCESS_DENIED_CODES:
+            return f"{self.operation} was denied ({self.code}): grant {self.permission}"
+        return f"{self.operation} failed ({self.code}): {self.message}"
+
+
+def classify_error(service: str, operation: str, exc: BaseException) -> AwsCallError:
+    """Turn a botocore exception into an `AwsCallError` (never a PASS)."""
+    permission = iam_action(service, operation)
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", "Unknown"))
+        message = str(err.get("Message", "")) or str(exc)
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        transient = code in THROTTLING_CODES or (status >= 500 and code not in {"NotImplemented", "500"})
+        return AwsCallError(service, operation, code, message[:500], permission, transient)
+    if isinstance(exc, NoCredentialsError):
+        return AwsCallError(service, operation, "NoCredentials", "no AWS credentials found", permission, False)
+    if isinstance(exc, EndpointConnectionError | BotoConnectionError | ReadTimeoutError | asyncio.TimeoutError):
+        return AwsCallError(service, operation, type(exc).__name__, str(exc)[:500], permission, True)
+    if isinstance(exc, BotoCoreError):
+        return AwsCallError(service, operation, type(exc).__name__, str(exc)[:500], permission, False)
+    return AwsCallError(service, operation, type(exc).__name__, str(exc)[:500], permission, False)
+
+
+def error_code(exc: BaseException) -> str | None:
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code", "")) or None
+    return None
+
+
+@dataclass(slots=True)
+class ApiCallCounter:
+    """Counts AWS API calls by `service:Operation` (attempts, including retries), through botocore's event hooks."""
+
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def __call__(self, *, model: Any = None, **_: Any) -> None:
+        if model is not None:
+            self.counts[f"{model.service_model.service_name}:{model.name}"] += 1
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(sorted(self.counts.items()))
+
+
+class AwsClients:
+    """Creates aiobotocore clients with Kushim's settings: explicit region, endpoint and bounded retries."""
+
+    def __init__(self, settings: Settings, session: AioSession | None = None) -> None:
+        self._settings = settings
+        self._session = session or self._make_session(settings)
+        self._config = AioConfig(
+            retries={"mode": "standard", "total_max_attempts": 3},
+            connect_timeout=10,
+            read_timeout=30,
+            max_pool_connections=max(10, settings.aws_concurrency * 2),
+            user_agent_extra="kushim/0.1",
+        )
+
+    @staticmethod
+    def _make_session(settings: Settings) -> AioSession:
+        session = get_session()
+        if settings.aws_profile:
+            session.set_config_variable("profile", settings.aws_profile)
+        if settings.aws_access_key_id and settings.aws_secret_access_key:
+            session.set_credentials(
+                settings.aws_access_key_id.get_secret_value(),
+                settings.aws_secret_access_key.get_secret_value(),
+                settings.aws_session_token.get_secret_value() if settings.aws_session_token else None,
+            )
+        return session
+
+    @property
+    def default_region(self) -> str:
+        return self._settings.aws_region
+
+    @overload
+    def client(
+        self, service: Literal["iam"], region: str | None = ..., counter: ApiCallCounter | None = ...
+    ) -> AbstractClientCM[IAMClient]: ...
+    @overload
+    def client(
+        self, service: Literal["s3"], region: str | None = ..., counter: ApiCallCounter | None = ...
+    ) -> AbstractClientCM[S3Client]: ...
+    @overload
+    def client(
+        self, service: Literal["cloudtrail"], region: str | None = ..., counter: ApiCallCounter | None = ...
+    ) -> AbstractClientCM[CloudTrailClient]: ...
+    @overload
+    def client(
+        self, service: Literal["sts"], region: str | None = ..., counter: ApiCallCounter | None = ...
+    ) -> AbstractClientCM[STSClient]: ...
+    def client(self, service: str, region: str | None = None, counter: ApiCallCounter | None = None) -> Any:
+        return self._client(service, region or self._settings.aws_region, counter)
+
+    @asynccontextmanager
+    async def _client(self, service: str, region: str, counter: ApiCallCounter | None) -> AsyncIterator[Any]:
+        kwargs: dict[str, Any] = {"region_name": region, "config": self._config}
+        if self._settings.aws_endpoint_url:
+            kwargs["endpoint_url"] = self._settings.aws_endpoint_url
+        async with self._session.create_client(service, **kwargs) as client:
+            if counter is not None:
+                client.meta.events.register("before-call.*.*", counter)
+            yield client
+
+    async def caller_account(self) -> str:
+        """The account the credentials belong to (sts:GetCallerIdentity)."""
+        async with self.client("sts") as sts:
+            identity = await sts.get_caller_identity()
+        return str(identity["Account"])

@@ -1,0 +1,156 @@
+"""The runtime every collector service shares: one CheckRequested in, chunked FindingsReported out.
+
+A collector service supplies a `CollectorSpec`: its service, its explicit CHECKS tuple, `collect` (the only AWS
+I/O, returning a typed snapshot) and `summarize` (population counts and metrics). This module does the rest:
+validation, the account guard, running the pure checks, chunking, publishing with deterministic message ids,
+and acking only after every chunk's PubAck.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+import structlog
+from faststream.nats import NatsBroker, NatsMessage
+
+from shared import subjects
+from shared.aws import ApiCallCounter, AwsCallError, AwsClients
+from shared.checks import Check, Outcome, RunContext, build_chunks, evaluate, to_finding
+from shared.consume import Consumer, Delivery, Rejected
+from shared.messages import CheckRequested, Finding, Service, Status
+from shared.nats import collector_consumer, durable_subscriber, publish_durable
+from shared.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+S = TypeVar("S")
+
+COLLECTOR_VERSION = "0.1.0"
+
+
+@dataclass(frozen=True, slots=True)
+class Summary:
+    population: dict[str, int]
+    metrics: dict[str, float]
+    regions: list[str]
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorSpec(Generic[S]):
+    service: Service
+    checks: Sequence[Check[S]]
+    collect: Callable[[AwsClients, CheckRequested, ApiCallCounter, Settings], Awaitable[S]]
+    summarize: Callable[[S], Summary]
+
+
+class AccountGuard:
+    """Resolves, once, the account the credentials belong to; a request for any other account is rejected."""
+
+    def __init__(self, aws: AwsClients) -> None:
+        self._aws = aws
+        self._account: str | None = None
+        self._lock = asyncio.Lock()
+
+    async def account(self) -> str:
+        async with self._lock:
+            if self._account is None:
+                self._account = await self._aws.caller_account()
+            return self._account
+
+    async def require(self, account_id: str) -> None:
+        own = await self.account()
+        if account_id != own:
+            raise Rejected(f"account {account_id} is not the account of these credentials ({own}); not scanned")
+
+
+class CollectorRuntime(Generic[S]):
+    def __init__(
+        self, spec: CollectorSpec[S], *, broker: NatsBroker, aws: AwsClients, settings: Settings, guard: AccountGuard
+    ) -> None:
+        self.spec = spec
+        self._broker = broker
+        self._aws = aws
+        self._settings = settings
+        self._guard = guard
+
+    async def handle(self, request: CheckRequested, delivery: Delivery, msg: NatsMessage) -> None:
+        if request.service is not self.spec.service:
+            raise Rejected(f"{request.service.value} request on the {self.spec.service.value} collector")
+        await self._guard.require(request.account_id)
+        started = datetime.now(UTC)
+        counter = ApiCallCounter()
+        log.info("scan_started", delivery=delivery.num_delivered)
+        snapshot = await self.spec.collect(self._aws, request, counter, self._settings)
+        ctx = RunContext(request.run_id, request.account_id, datetime.now(UTC), COLLECTOR_VERSION)
+        findings = evaluate(self.spec.checks, snapshot, ctx)
+        summary = self.spec.summarize(snapshot)
+        await self._publish(request, findings, summary, counter.snapshot(), started)
+        by_status = {s.value: sum(1 for f in findings if f.status is s) for s in Status}
+        log.info("scan_reported", findings=len(findings), api_calls=sum(counter.counts.values()), **by_status)
+
+    async def record_failure(self, request: CheckRequested, exc: BaseException) -> bool:
+        """Last delivery failed: report ERROR findings so the run ends with ERROR rather than silence."""
+        if isinstance(exc, Rejected):
+            return False
+        ctx = RunContext(request.run_id, request.account_id, datetime.now(UTC), COLLECTOR_VERSION)
+        err = AwsCallError(self.spec.service.value, "Scan", type(exc).__name__, str(exc)[:500], "-", True)
+        findings = [to_finding(chk.info, Outcome.error("account", "account", err), ctx) for chk in self.spec.checks]
+        await self._publish(request, findings, Summary({}, {}, []), {}, ctx.observed_at)
+        return True
+
+    async def _publish(
+        self,
+        request: CheckRequested,
+        findings: list[Finding],
+        summary: Summary,
+        api_calls: dict[str, int],
+        started: datetime,
+    ) -> None:
+        envelope: dict[str, Any] = {
+            "run_id": request.run_id,
+            "request_id": request.request_id,
+            "account_id": request.account_id,
+            "service": self.spec.service,
+            "population": summary.population,
+            "metrics": summary.metrics,
+            "api_calls": api_calls,
+            "regions": summary.regions,
+            "collector_version": COLLECTOR_VERSION,
+            "started_at": started,
+            "finished_at": datetime.now(UTC),
+        }
+        chunks = build_chunks(findings, self._settings.chunk_max_bytes, **envelope)
+        subject = subjects.findings_subject(self.spec.service)
+        for chunk in chunks:
+            # The id names the chunk, not its content: a retried scan's chunks are deduplicated by the stream.
+            msg_id = f"findings:{request.run_id}:{request.account_id}:{self.spec.service.value}:{chunk.chunk_index}"
+            await publish_durable(self._broker, subject, chunk, msg_id=msg_id, stream=subjects.STREAM_FINDINGS)
+
+
+def register_collector(
+    broker: NatsBroker, spec: CollectorSpec[S], *, aws: AwsClients, settings: Settings
+) -> CollectorRuntime[S]:
+    """Wire a collector onto a broker: its durable consumer, handler and dead letters."""
+    runtime = CollectorRuntime(spec, broker=broker, aws=aws, settings=settings, guard=AccountGuard(aws))
+    consumer_spec = collector_consumer(spec.service)
+    consumer: Consumer[CheckRequested] = Consumer(
+        name=consumer_spec.durable,
+        model=CheckRequested,
+        handler=runtime.handle,
+        broker=broker,
+        settings=settings,
+        on_exhausted=runtime.record_failure,
+        context=lambda r: {"run_id": r.run_id, "account_id": r.account_id, "service": r.service.value},
+    )
+
+    @durable_subscriber(
+        broker, consumer_spec, description=f"Scans one account's {spec.service.value} resources per CheckRequested."
+    )
+    async def on_check_requested(msg: NatsMessage) -> None:
+        await consumer(msg)
+
+    return runtime

@@ -1,0 +1,220 @@
+"""How every durable consumer processes one message: validate inside, act, then ack, nack or dead-letter.
+
+- Invalid input (or a `Rejected` raised by the handler): a DeadLetter is published on `kushim.dlq.<consumer>` (its
+  PubAck awaited), the rejection is logged with the reason, and the message is terminated. If even the dead letter
+  cannot be written the message is nacked, never dropped.
+- A transient failure (any other exception): nack with a growing delay, until the last allowed delivery, where the
+  handler's `on_exhausted` gets a chance to record the failure (collectors publish ERROR findings) before the
+  message is dead-lettered.
+- Success: ack only after the handler returned, i.e. after its effect is durable.
+Long handlers keep the message alive with `in_progress()` so `ack_wait` does not expire mid-scan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Generic, TypeVar
+
+import structlog
+from faststream.nats import NatsBroker, NatsMessage
+from pydantic import BaseModel, ValidationError
+
+from shared import subjects
+from shared.log import redact_text
+from shared.messages import DeadLetter
+from shared.nats import publish_durable
+from shared.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+PAYLOAD_EXCERPT_BYTES = 2048
+
+
+class Rejected(Exception):
+    """Raised by a handler for input that can never succeed: the message is dead-lettered, not retried."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def validation_reason(exc: ValidationError) -> str:
+    """A validation error as a short reason, without the input (which may hold secrets)."""
+    parts = []
+    for err in exc.errors(include_input=False, include_url=False)[:5]:
+        loc = ".".join(str(x) for x in err["loc"]) or "message"
+        parts.append(f"{loc}: {err['msg']}")
+    more = exc.error_count() - len(parts)
+    return "invalid message: " + "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
+
+
+def excerpt(body: bytes) -> str:
+    text = body[:PAYLOAD_EXCERPT_BYTES].decode("utf-8", errors="replace")
+    return redact_text(text)
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """Facts about one delivery of a JetStream message."""
+
+    subject: str
+    stream_sequence: int | None
+    num_delivered: int
+
+    @classmethod
+    def of(cls, msg: NatsMessage) -> Delivery:
+        raw = msg.raw_message
+        try:
+            md = raw.metadata
+            return cls(raw.subject, md.sequence.stream, md.num_delivered)
+        except Exception:  # not a JetStream message (tests with an in-memory broker)
+            return cls(raw.subject, None, 1)
+
+
+class DeadLetters:
+    """Writes dead letters for one consumer into the KUSHIM_DLQ stream."""
+
+    def __init__(self, broker: NatsBroker, consumer: str) -> None:
+        self._broker = broker
+        self._consumer = consumer
+
+    async def write(self, delivery: Delivery, body: bytes, reason: str) -> None:
+        letter = DeadLetter(
+            consumer=self._consumer,
+            subject=delivery.subject,
+            reason=reason,
+            stream_sequence=delivery.stream_sequence,
+            num_delivered=delivery.num_delivered,
+            payload_excerpt=excerpt(body),
+            dead_lettered_at=datetime.now(UTC),
+        )
+        seq = delivery.stream_sequence if delivery.stream_sequence is not None else hash(body)
+        await publish_durable(
+            self._broker,
+            subjects.dlq_subject(self._consumer),
+            letter,
+            msg_id=f"dlq:{self._consumer}:{seq}",
+            stream=subjects.STREAM_DLQ,
+        )
+
+
+@contextlib.asynccontextmanager
+async def keep_alive(msg: NatsMessage, interval: float) -> AsyncIterator[None]:
+    """Tell the server every `interval` seconds that the message is still being worked on."""
+
+    async def beat() -> None:
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(Exception):
+                await msg.in_progress()
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+Handler = Callable[[M, Delivery, NatsMessage], Awaitable[None]]
+OnRejected = Callable[[bytes, str], Awaitable[None]]
+OnExhausted = Callable[[M, BaseException], Awaitable[bool]]
+
+
+class Consumer(Generic[M]):
+    """Runs one handler under the reliability rules above."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        model: type[M],
+        handler: Handler[M],
+        broker: NatsBroker,
+        settings: Settings,
+        on_rejected: OnRejected | None = None,
+        on_exhausted: OnExhausted[M] | None = None,
+        context: Callable[[M], dict[str, object]] | None = None,
+    ) -> None:
+        self.name = name
+        self._model = model
+        self._handler = handler
+        self._settings = settings
+        self._dead_letters = DeadLetters(broker, name)
+        self._on_rejected = on_rejected
+        self._on_exhausted = on_exhausted
+        self._context = context
+
+    async def __call__(self, msg: NatsMessage) -> None:
+        body: bytes = msg.body
+        delivery = Delivery.of(msg)
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(consumer=self.name, subject=delivery.subject)
+        try:
+            try:
+                payload = self._model.model_validate_json(body)
+            except ValidationError as exc:
+                await self._reject(msg, delivery, body, validation_reason(exc))
+                return
+            if self._context is not None:
+                structlog.contextvars.bind_contextvars(**self._context(payload))
+            try:
+                async with keep_alive(msg, max(1.0, self._settings.ack_wait_seconds / 3)):
+                    await self._handler(payload, delivery, msg)
+            except Rejected as exc:
+                await self._reject(msg, delivery, body, exc.reason)
+                return
+            except Exception as exc:
+                await self._failed(msg, delivery, body, payload, exc)
+                return
+            await msg.ack()
+        finally:
+            structlog.contextvars.clear_contextvars()
+
+    async def _reject(self, msg: NatsMessage, delivery: Delivery, body: bytes, reason: str) -> None:
+        log.warning("message_rejected", reason=reason, stream_sequence=delivery.stream_sequence)
+        try:
+            await self._dead_letters.write(delivery, body, reason)
+            if self._on_rejected is not None:
+                await self._on_rejected(body, reason)
+        except Exception as exc:
+            log.error("dead_letter_failed", error=str(exc), retry_in=self._settings.retry_delay_seconds)
+            await msg.nack(delay=self._settings.retry_delay_seconds)
+            return
+        await msg.reject()
+
+    async def _failed(self, msg: NatsMessage, delivery: Delivery, body: bytes, payload: M, exc: BaseException) -> None:
+        last = delivery.num_delivered >= self._settings.max_deliver
+        if not last:
+            delay = self._settings.retry_delay_seconds * (2 ** (delivery.num_delivered - 1))
+            log.warning(
+                "message_failed_will_retry",
+                error=f"{type(exc).__name__}: {exc}",
+                delivery=delivery.num_delivered,
+                max_deliver=self._settings.max_deliver,
+                retry_in=delay,
+            )
+            await msg.nack(delay=delay)
+            return
+        log.error(
+            "message_failed_finally",
+            error=f"{type(exc).__name__}: {exc}",
+            delivery=delivery.num_delivered,
+            exc_info=exc,
+        )
+        recorded = False
+        if self._on_exhausted is not None:
+            try:
+                recorded = await self._on_exhausted(payload, exc)
+            except Exception as inner:
+                log.error("on_exhausted_failed", error=f"{type(inner).__name__}: {inner}")
+        if recorded:
+            await msg.ack()
+            return
+        await self._reject(msg, delivery, body, f"failed after {delivery.num_delivered} deliveries: {exc}")

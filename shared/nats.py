@@ -1,0 +1,221 @@
+"""JetStream topology (declared explicitly at startup), the broker factory and durable publishing.
+
+Streams and durable pull consumers are created or updated here with `add_stream` / `add_consumer` (which, unlike
+`pull_subscribe(durable=...)`, applies a changed `max_deliver` or `ack_wait`); subscribers then attach with
+`JStream(..., declare=False)` and an explicit manual ack policy.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import structlog
+from faststream import AckPolicy
+from faststream.nats import JStream, NatsBroker, PullSub
+from nats.js import JetStreamContext
+from nats.js.api import (
+    AckPolicy as JsAckPolicy,
+)
+from nats.js.api import (
+    ConsumerConfig,
+    DeliverPolicy,
+    DiscardPolicy,
+    PubAck,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.errors import BadRequestError
+from pydantic import BaseModel
+
+from shared import subjects
+from shared.messages import Service
+from shared.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+DAY = 86_400.0
+MAX_MESSAGE_BYTES = 1024 * 1024  # the server's default max_payload
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSpec:
+    stream: str
+    durable: str
+    filter_subject: str
+    description: str
+    max_ack_pending: int = 1000
+
+
+def stream_configs(settings: Settings) -> list[StreamConfig]:
+    common: dict[str, Any] = {
+        "storage": StorageType.FILE,
+        "retention": RetentionPolicy.LIMITS,
+        "discard": DiscardPolicy.OLD,
+        "duplicate_window": settings.duplicate_window_seconds,
+        "max_msg_size": MAX_MESSAGE_BYTES,
+        "num_replicas": 1,
+    }
+    return [
+        StreamConfig(
+            name=subjects.STREAM_RUNS,
+            subjects=["kushim.runs.>"],
+            description="Run requests, plans, completions and rejections.",
+            max_age=30 * DAY,
+            **common,
+        ),
+        StreamConfig(
+            name=subjects.STREAM_CHECKS,
+            subjects=["kushim.checks.>"],
+            description="One CheckRequested per (account, service); published by the scheduler only.",
+            max_age=7 * DAY,
+            **common,
+        ),
+        StreamConfig(
+            name=subjects.STREAM_FINDINGS,
+            subjects=["kushim.findings.>"],
+            description="Collectors' findings, chunked. Deletes, purges and rollups are refused.",
+            max_age=30 * DAY,
+            deny_delete=True,
+            deny_purge=True,
+            allow_rollup_hdrs=False,
+            **common,
+        ),
+        StreamConfig(
+            name=subjects.STREAM_DLQ,
+            subjects=["kushim.dlq.>"],
+            description="Dead letters: messages no consumer could process, with the reason.",
+            max_age=90 * DAY,
+            **common,
+        ),
+    ]
+
+
+def scheduler_consumer() -> ConsumerSpec:
+    return ConsumerSpec(
+        subjects.STREAM_RUNS, subjects.DURABLE_SCHEDULER, subjects.RUNS_REQUESTED, "Scheduler: run requests"
+    )
+
+
+def evidence_plans_consumer() -> ConsumerSpec:
+    return ConsumerSpec(
+        subjects.STREAM_RUNS, subjects.DURABLE_EVIDENCE_PLANS, subjects.RUNS_PLANNED, "Evidence: run plans"
+    )
+
+
+def evidence_findings_consumer() -> ConsumerSpec:
+    return ConsumerSpec(
+        subjects.STREAM_FINDINGS,
+        subjects.DURABLE_EVIDENCE_FINDINGS,
+        "kushim.findings.>",
+        "Evidence: findings chunks",
+    )
+
+
+def collector_consumer(service: Service) -> ConsumerSpec:
+    return ConsumerSpec(
+        subjects.STREAM_CHECKS,
+        subjects.collector_durable(service),
+        subjects.checks_subject(service),
+        f"Collector {service.value}: check requests (shared by all replicas)",
+    )
+
+
+def all_consumers() -> list[ConsumerSpec]:
+    return [
+        scheduler_consumer(),
+        evidence_plans_consumer(),
+        evidence_findings_consumer(),
+        *(collector_consumer(service) for service in Service),
+    ]
+
+
+def consumer_config(spec: ConsumerSpec, settings: Settings) -> ConsumerConfig:
+    return ConsumerConfig(
+        durable_name=spec.durable,
+        description=spec.description,
+        filter_subject=spec.filter_subject,
+        deliver_policy=DeliverPolicy.ALL,
+        ack_policy=JsAckPolicy.EXPLICIT,
+        ack_wait=settings.ack_wait_seconds,
+        max_deliver=settings.max_deliver,
+        max_ack_pending=spec.max_ack_pending,
+    )
+
+
+_STREAM_EXISTS = 10058
+
+
+async def declare_topology(js: JetStreamContext, settings: Settings) -> None:
+    """Create or update every stream and durable consumer. Safe to run from every replica at every start."""
+    for config in stream_configs(settings):
+        try:
+            await js.add_stream(config)
+        except BadRequestError as exc:
+            if exc.err_code != _STREAM_EXISTS:
+                raise
+            await js.update_stream(config)
+    for spec in all_consumers():
+        await js.add_consumer(spec.stream, consumer_config(spec, settings))
+    log.debug("topology_declared", streams=len(stream_configs(settings)), consumers=len(all_consumers()))
+
+
+def make_broker(url: str, *, name: str, settings: Settings) -> NatsBroker:
+    """A broker that reconnects forever (FastStream#1538) and logs through our structlog-routed stdlib logger."""
+    return NatsBroker(
+        url,
+        name=f"kushim-{name}",
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=2,
+        connect_timeout=5,
+        graceful_timeout=max(5.0, settings.ack_wait_seconds / 2),
+        logger=logging.getLogger(f"faststream.access.nats.{name}"),
+        log_level=logging.DEBUG,
+    )
+
+
+H = TypeVar("H", bound=Callable[..., Any])
+
+
+def durable_subscriber(broker: NatsBroker, spec: ConsumerSpec, *, description: str) -> Callable[[H], H]:
+    """Attach a handler to a declared durable pull consumer with a manual (explicit) ack policy.
+
+    The handler receives the raw `NatsMessage` and validates inside (DESIGN: a typed argument under MANUAL ack
+    would loop invalid messages until max_deliver with no dead letter).
+    """
+    decorator = broker.subscriber(
+        spec.filter_subject,
+        stream=JStream(spec.stream, declare=False),
+        durable=spec.durable,
+        pull_sub=PullSub(batch_size=1, timeout=2.0),
+        ack_policy=AckPolicy.MANUAL,
+        title=f"{spec.durable}:{spec.filter_subject}",
+        description=description,
+    )
+    return decorator  # type: ignore[return-value]
+
+
+def encode(message: BaseModel) -> bytes:
+    return message.model_dump_json().encode()
+
+
+async def publish_durable(
+    broker: NatsBroker, subject: str, message: BaseModel, *, msg_id: str, stream: str, timeout: float = 10.0
+) -> PubAck:
+    """Publish into a stream with our own `Nats-Msg-Id` and wait for the PubAck (raises if none arrives)."""
+    payload = encode(message)
+    if len(payload) > MAX_MESSAGE_BYTES:
+        raise ValueError(f"{subject} message of {len(payload)} bytes exceeds {MAX_MESSAGE_BYTES}")
+    ack = await broker.publish(
+        payload,
+        subject,
+        headers={"Nats-Msg-Id": msg_id, "content-type": "application/json"},
+        stream=stream,
+        timeout=timeout,
+    )
+    if ack is None:  # pragma: no cover - FastStream returns a PubAck whenever stream= is given
+        raise RuntimeError(f"no PubAck for {subject}")
+    return ack

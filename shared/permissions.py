@@ -1,0 +1,47 @@
+"""AWS operation -> IAM action, from AWS's Service Authorization Reference.
+
+The API name and the IAM action differ in places (GetBucketEncryption is authorised by
+`s3:GetEncryptionConfiguration`, ListBuckets by `s3:ListAllMyBuckets`), so ERROR findings and the generated
+policy read this table instead of guessing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+IAM_ACTIONS: Mapping[tuple[str, str], str] = {
+    ("sts", "GetCallerIdentity"): "sts:GetCallerIdentity",
+    ("iam", "ListUsers"): "iam:ListUsers",
+    ("iam", "ListMFADevices"): "iam:ListMFADevices",
+    ("iam", "GetLoginProfile"): "iam:GetLoginProfile",
+    ("s3", "ListBuckets"): "s3:ListAllMyBuckets",
+    ("s3", "GetBucketLocation"): "s3:GetBucketLocation",
+    ("s3", "GetBucketEncryption"): "s3:GetEncryptionConfiguration",
+    ("s3", "PutObject"): "s3:PutObject",
+    ("s3", "GetObject"): "s3:GetObject",
+    ("s3", "HeadBucket"): "s3:ListBucket",
+    ("cloudtrail", "DescribeTrails"): "cloudtrail:DescribeTrails",
+    ("cloudtrail", "GetTrailStatus"): "cloudtrail:GetTrailStatus",
+}
+
+
+def iam_action(service: str, operation: str) -> str:
+    """The IAM action that authorises an operation; falls back to `service:Operation` for unlisted ones."""
+    return IAM_ACTIONS.get((service, operation), f"{service}:{operation}")
+
+
+def read_only_policy(operations: Iterable[tuple[str, str]], evidence_bucket_pattern: str) -> dict[str, object]:
+    """A least-privilege policy for the given read operations plus evidence uploads."""
+    actions = sorted({iam_action(svc, op) for svc, op in operations})
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Sid": "KushimReadOnlyChecks", "Effect": "Allow", "Action": actions, "Resource": "*"},
+            {
+                "Sid": "KushimEvidenceStorage",
+                "Effect": "Allow",
+                "Action": ["s3:PutObject", "s3:GetObject", "s3:ListBucket"],
+                "Resource": [f"arn:aws:s3:::{evidence_bucket_pattern}", f"arn:aws:s3:::{evidence_bucket_pattern}/*"],
+            },
+        ],
+    }

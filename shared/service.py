@@ -1,0 +1,69 @@
+"""A service's lifecycle: declare the topology, start the broker and background loops, stop gracefully."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+import nats
+import structlog
+from faststream.nats import NatsBroker
+
+from shared.nats import declare_topology
+from shared.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+Hook = Callable[[], Awaitable[None]]
+
+
+@dataclass
+class ServiceApp:
+    """One Kushim service: a broker with its subscribers, plus start-up checks and background loops."""
+
+    name: str
+    broker: NatsBroker
+    url: str
+    settings: Settings
+    on_start: list[Hook] = field(default_factory=list)
+    background: list[Hook] = field(default_factory=list)
+    on_stop: list[Hook] = field(default_factory=list)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def start(self) -> None:
+        nc = await nats.connect(self.url, connect_timeout=5, max_reconnect_attempts=3, name=f"kushim-{self.name}-setup")
+        try:
+            await declare_topology(nc.jetstream(), self.settings)
+        finally:
+            await nc.close()
+        for hook in self.on_start:
+            await hook()
+        await self.broker.start()
+        for loop in self.background:
+            self._tasks.append(asyncio.create_task(self._guarded(loop), name=f"{self.name}-background"))
+        log.info("service_started", service=self.name)
+
+    async def _guarded(self, loop: Hook) -> None:
+        while True:
+            try:
+                await loop()
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a background loop must not die silently
+                log.error("background_loop_failed", service=self.name, error=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(2.0)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()
+        await self.broker.stop()
+        for hook in self.on_stop:
+            await hook()
+        log.info("service_stopped", service=self.name)

@@ -1,0 +1,129 @@
+"""Settings, read from the environment (and an optional `.env` file) in one place: `Settings()`.
+
+Our own settings use the `KUSHIM_` prefix. The AWS ones keep the names of the integration guide
+(`AWS_REGION`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_S3_BUCKET_NAME`) plus `AWS_ENDPOINT_URL`.
+`AWS_REGION` is mapped explicitly: botocore itself only reads `AWS_DEFAULT_REGION`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AliasChoices, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from shared.controls import MfaScope
+
+
+def _default_home() -> Path:
+    return Path.home() / ".kushim"
+
+
+class Settings(BaseSettings):
+    """Every setting Kushim reads. `kushim settings` prints this table; the README documents it."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="KUSHIM_",
+        env_file=".env",
+        extra="ignore",
+        hide_input_in_errors=True,
+        frozen=True,
+        validate_by_name=True,
+        validate_by_alias=True,
+    )
+
+    # --- messaging ------------------------------------------------------------------------
+    nats_url: str | None = Field(
+        None,
+        description="NATS server URL (nats://host:port). Unset: `kushim up`/`demo` start an embedded nats-server "
+        "on a free loopback port; `kushim serve` requires it.",
+    )
+    home: Path = Field(
+        default_factory=_default_home,
+        description="Data directory of `kushim up`: database, JetStream store and the state file other commands read.",
+    )
+    max_deliver: int = Field(5, ge=2, le=20, description="Deliveries of one message before it is dead-lettered.")
+    ack_wait_seconds: float = Field(60.0, gt=0, description="Seconds a consumer may hold a message before redelivery.")
+    retry_delay_seconds: float = Field(2.0, ge=0, description="Base delay before a failed message is redelivered.")
+    duplicate_window_seconds: float = Field(600.0, gt=0, description="JetStream de-duplication window for Nats-Msg-Id.")
+    chunk_max_bytes: int = Field(
+        256 * 1024, ge=16 * 1024, le=900 * 1024, description="Maximum size of one FindingsReported chunk."
+    )
+
+    # --- scheduling ------------------------------------------------------------------------
+    schedule: str = Field("0 2 * * *", description="Cron expression (UTC) of the scheduled run.")
+    schedule_enabled: bool = Field(True, description="Whether the scheduler publishes scheduled runs.")
+    run_deadline_seconds: float = Field(
+        900.0, gt=0, description="Seconds after planning when a run still missing results becomes INCOMPLETE."
+    )
+    regions: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated regions the collectors inspect (CloudTrail). Empty: the configured AWS region.",
+    )
+
+    # --- checks ----------------------------------------------------------------------------
+    mfa_scope: MfaScope = Field(
+        "all", description="Users whose missing MFA fails CC6.1: `all` IAM users, or only `console` users."
+    )
+    aws_concurrency: int = Field(8, ge=1, le=64, description="Concurrent AWS calls per scan.")
+
+    # --- evidence --------------------------------------------------------------------------
+    database_url: str | None = Field(
+        None,
+        description="SQLAlchemy URL of the findings database. Unset: SQLite at $KUSHIM_HOME/kushim.db "
+        "(sqlite+aiosqlite:///...).",
+    )
+    evidence_kms_key_id: str | None = Field(
+        None, description="KMS key for SSE-KMS evidence objects; unset: SSE-S3 (AES256)."
+    )
+    deadline_poll_seconds: float = Field(2.0, gt=0, description="How often the evidence service checks deadlines.")
+
+    # --- logging ---------------------------------------------------------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    log_format: Literal["console", "json"] = Field("console", description="`console` for people, `json` for machines.")
+
+    # --- AWS (the integration guide's names) -----------------------------------------------
+    aws_region: str = Field(
+        "us-east-1",
+        validation_alias=AliasChoices("AWS_REGION", "AWS_DEFAULT_REGION"),
+        description="AWS_REGION (or AWS_DEFAULT_REGION): region of API calls and of the evidence bucket.",
+    )
+    aws_access_key_id: SecretStr | None = Field(
+        None, validation_alias="AWS_ACCESS_KEY_ID", description="AWS_ACCESS_KEY_ID; unset: default credential chain."
+    )
+    aws_secret_access_key: SecretStr | None = Field(
+        None, validation_alias="AWS_SECRET_ACCESS_KEY", description="AWS_SECRET_ACCESS_KEY."
+    )
+    aws_session_token: SecretStr | None = Field(
+        None, validation_alias="AWS_SESSION_TOKEN", description="AWS_SESSION_TOKEN for temporary credentials."
+    )
+    aws_profile: str | None = Field(None, validation_alias="AWS_PROFILE", description="AWS_PROFILE to use.")
+    aws_endpoint_url: str | None = Field(
+        None,
+        validation_alias="AWS_ENDPOINT_URL",
+        description="AWS_ENDPOINT_URL: send every AWS client to this endpoint (moto, LocalStack).",
+    )
+    evidence_bucket: str | None = Field(
+        None,
+        validation_alias="AWS_S3_BUCKET_NAME",
+        description="AWS_S3_BUCKET_NAME: evidence bucket (kushim-evidence-storage-*); unset: evidence stays in the "
+        "database.",
+    )
+
+    @field_validator("regions", mode="before")
+    @classmethod
+    def _split_regions(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def scan_regions(self) -> list[str]:
+        return list(self.regions) if self.regions else [self.aws_region]
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{self.home / 'kushim.db'}"

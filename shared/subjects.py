@@ -1,0 +1,65 @@
+"""Every NATS subject, stream and durable consumer Kushim uses, in one place.
+
+Stream subjects are wildcards (FastStream#892: path-parameter subjects on streams break publishing).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from shared.messages import Service
+
+# --- runs (stream KUSHIM_RUNS) -------------------------------------------------------------
+RUNS_REQUESTED: Final = "kushim.runs.requested"
+"""Public entry point: another system, the CLI or the cron loop asks for a run (RunRequested)."""
+RUNS_PLANNED: Final = "kushim.runs.planned"
+"""The scheduler's plan for a run: which (account, service) pairs the evidence service must receive."""
+RUNS_COMPLETED: Final = "kushim.runs.completed"
+"""The evidence service's verdict for a run: COMPLETE or INCOMPLETE, with per-control verdicts."""
+RUNS_REJECTED: Final = "kushim.runs.rejected"
+"""A RunRequested that was refused (invalid, unknown account, ...), echoing the requester's request_id."""
+
+# --- checks (stream KUSHIM_CHECKS): only the scheduler publishes here ----------------------
+CHECKS_PREFIX: Final = "kushim.checks"
+
+# --- findings (stream KUSHIM_FINDINGS) -------------------------------------------------------
+FINDINGS_PREFIX: Final = "kushim.findings"
+
+# --- dead letters (stream KUSHIM_DLQ) -------------------------------------------------------
+DLQ_PREFIX: Final = "kushim.dlq"
+
+# --- request/reply (core NATS, no stream) ---------------------------------------------------
+REPORT_REQUEST: Final = "kushim.api.report"
+"""Paged report of a run, answered by the evidence service (ReportRequest -> ReportPage)."""
+
+# --- streams --------------------------------------------------------------------------------
+STREAM_RUNS: Final = "KUSHIM_RUNS"
+STREAM_CHECKS: Final = "KUSHIM_CHECKS"
+STREAM_FINDINGS: Final = "KUSHIM_FINDINGS"
+STREAM_DLQ: Final = "KUSHIM_DLQ"
+
+
+def checks_subject(service: Service) -> str:
+    """Subject of the CheckRequested messages for one collector service."""
+    return f"{CHECKS_PREFIX}.{service.value}"
+
+
+def findings_subject(service: Service) -> str:
+    """Subject of the FindingsReported chunks of one collector service."""
+    return f"{FINDINGS_PREFIX}.{service.value}"
+
+
+def dlq_subject(consumer: str) -> str:
+    """Subject of the dead letters written by one durable consumer."""
+    return f"{DLQ_PREFIX}.{consumer}"
+
+
+# --- durable pull consumers -----------------------------------------------------------------
+DURABLE_SCHEDULER: Final = "scheduler-run-requests"
+DURABLE_EVIDENCE_PLANS: Final = "evidence-run-plans"
+DURABLE_EVIDENCE_FINDINGS: Final = "evidence-findings"
+
+
+def collector_durable(service: Service) -> str:
+    """The durable consumer shared by every replica of one collector service."""
+    return f"collector-{service.value}"
