@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -93,7 +94,9 @@ class DeadLetters:
             payload_excerpt=excerpt(body),
             dead_lettered_at=datetime.now(UTC),
         )
-        seq = delivery.stream_sequence if delivery.stream_sequence is not None else hash(body)
+        seq = (
+            delivery.stream_sequence if delivery.stream_sequence is not None else hashlib.sha256(body).hexdigest()[:32]
+        )
         await publish_durable(
             self._broker,
             subjects.dlq_subject(self._consumer),

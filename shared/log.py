@@ -70,9 +70,8 @@ def redact_secrets(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDic
 
 
 def _redact_rendered_exception(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-    exc = event_dict.get("exception")
-    if isinstance(exc, str):
-        event_dict["exception"] = redact_text(exc)
+    if "exception" in event_dict:
+        event_dict["exception"] = redact_value("exception", event_dict["exception"])
     return event_dict
 
 

@@ -1,0 +1,178 @@
+"""The CLI's (and any Python system's) view of Kushim over NATS: request a run, wait for it, read its report."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import nats
+from nats.aio.client import Client as NatsClient
+from nats.aio.msg import Msg
+from nats.js.api import PubAck
+
+from shared import subjects
+from shared.messages import (
+    Finding,
+    ReportPage,
+    ReportRequest,
+    RunCompleted,
+    RunRejected,
+    RunRequested,
+    RunState,
+    RunSummary,
+    Service,
+    ServiceResult,
+    run_id_for,
+)
+
+
+class CouldNotRun(Exception):
+    """The broker or the evidence service could not be reached, or the wait timed out (exit code 4)."""
+
+
+class RunRejectedError(Exception):
+    """The scheduler refused the request."""
+
+
+@dataclass
+class Report:
+    run: RunSummary
+    services: list[ServiceResult]
+    findings: list[Finding] = field(default_factory=list)
+
+
+class KushimClient:
+    def __init__(self, nc: NatsClient) -> None:
+        self._nc = nc
+
+    @classmethod
+    async def connect(cls, url: str, timeout: float = 5.0) -> KushimClient:
+        try:
+            nc = await nats.connect(url, connect_timeout=timeout, max_reconnect_attempts=2, allow_reconnect=True)
+        except Exception as exc:
+            raise CouldNotRun(f"cannot reach the NATS server at {url}: {exc or type(exc).__name__}") from exc
+        return cls(nc)
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._nc.drain()
+
+    async def request_run(
+        self,
+        request_id: str,
+        *,
+        accounts: Sequence[str] | None = None,
+        services: Sequence[Service] | None = None,
+        requested_by: str = "kushim-cli",
+    ) -> PubAck:
+        request = RunRequested(
+            request_id=request_id,
+            accounts=list(accounts) if accounts else None,
+            services=list(services) if services else None,
+            requested_by=requested_by,
+            requested_at=datetime.now(UTC),
+        )
+        js = self._nc.jetstream()
+        try:
+            return await js.publish(
+                subjects.RUNS_REQUESTED,
+                request.model_dump_json().encode(),
+                stream=subjects.STREAM_RUNS,
+                headers={"Nats-Msg-Id": request_id},
+                timeout=5.0,
+            )
+        except Exception as exc:
+            raise CouldNotRun(
+                f"the run request was not accepted by JetStream ({exc or type(exc).__name__}); is Kushim running?"
+            ) from exc
+
+    async def run_and_wait(
+        self,
+        request_id: str,
+        *,
+        accounts: Sequence[str] | None = None,
+        services: Sequence[Service] | None = None,
+        timeout: float = 1200.0,
+        progress: asyncio.Queue[str] | None = None,
+    ) -> RunCompleted:
+        """Publish a RunRequested and wait for its RunCompleted (or RunRejected)."""
+        done: asyncio.Future[RunCompleted] = asyncio.get_running_loop().create_future()
+
+        async def on_completed(msg: Msg) -> None:
+            with contextlib.suppress(ValueError):
+                completed = RunCompleted.model_validate_json(msg.data)
+                if completed.request_id == request_id and not done.done():
+                    done.set_result(completed)
+
+        async def on_rejected(msg: Msg) -> None:
+            with contextlib.suppress(ValueError):
+                rejected = RunRejected.model_validate_json(msg.data)
+                if rejected.request_id == request_id and not done.done():
+                    done.set_exception(RunRejectedError(rejected.reason))
+
+        subs = [
+            await self._nc.subscribe(subjects.RUNS_COMPLETED, cb=on_completed),
+            await self._nc.subscribe(subjects.RUNS_REJECTED, cb=on_rejected),
+        ]
+        try:
+            await self._nc.flush()
+            await self.request_run(request_id, accounts=accounts, services=services)
+            deadline = asyncio.get_running_loop().time() + timeout
+            while True:
+                remaining = deadline - asyncio.get_running_loop().time()
+                if remaining <= 0:
+                    raise CouldNotRun(f"no result for request {request_id} within {timeout:.0f}s")
+                try:
+                    return await asyncio.wait_for(asyncio.shield(done), timeout=min(5.0, remaining))
+                except TimeoutError:
+                    # A RunCompleted missed during a reconnect is recovered from the evidence service's record.
+                    summary = await self._run_state(request_id)
+                    if summary is not None and summary.state is not RunState.RUNNING and not done.done():
+                        return await asyncio.wait_for(asyncio.shield(done), timeout=2.0)
+        finally:
+            for sub in subs:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+
+    async def _run_state(self, request_id: str) -> RunSummary | None:
+        try:
+            page = await self.report_page(ReportRequest(request_id=request_id, page_size=1))
+        except CouldNotRun:
+            return None
+        return page.run if page.ok else None
+
+    async def report_page(self, request: ReportRequest, timeout: float = 10.0) -> ReportPage:
+        try:
+            reply = await self._nc.request(subjects.REPORT_REQUEST, request.model_dump_json().encode(), timeout=timeout)
+        except Exception as exc:
+            raise CouldNotRun(
+                f"the evidence service did not answer on {subjects.REPORT_REQUEST} ({exc or type(exc).__name__})"
+            ) from exc
+        return ReportPage.model_validate_json(reply.data)
+
+    async def report(
+        self, *, run_id: str | None = None, request_id: str | None = None, account_id: str | None = None
+    ) -> Report:
+        """Every page of a run's report."""
+        page_no = 0
+        findings: list[Finding] = []
+        first: ReportPage | None = None
+        while True:
+            page = await self.report_page(
+                ReportRequest(run_id=run_id, request_id=request_id, account_id=account_id, page=page_no, page_size=500)
+            )
+            if not page.ok or page.run is None:
+                raise CouldNotRun(page.error or "the evidence service returned no run")
+            first = first or page
+            findings.extend(page.findings)
+            if page.next_page is None:
+                break
+            page_no = page.next_page
+        return Report(run=first.run if first.run else page.run, services=list(first.services), findings=findings)
+
+
+def expected_run_id(request_id: str) -> str:
+    return run_id_for(request_id)

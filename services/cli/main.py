@@ -1,0 +1,318 @@
+"""The `kushim` command."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import time
+import uuid
+from enum import StrEnum
+from typing import Annotated, Any
+
+import structlog
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from services.cli import render
+from services.cli.client import CouldNotRun, KushimClient, Report, RunRejectedError
+from services.cli.state import SERVICE_NAMES, clear_state, read_state_url, write_state
+from shared.controls import CATALOG, CONTROL_TITLES, gating_table
+from shared.log import configure_logging
+from shared.messages import Service
+from shared.permissions import IAM_ACTIONS, read_only_policy
+from shared.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+app = typer.Typer(
+    name="kushim",
+    help="Kushim: continuous SOC 2 evidence for AWS (CC6.1 IAM MFA, CC6.7 S3 encryption, CC7.2 CloudTrail).\n\n"
+    "Exit codes: 0 every control passes; 1 a control FAILs; 2 usage error; 3 ERROR or INCOMPLETE without FAIL; "
+    "4 could not run (broker unreachable, timeout, bad configuration).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+class Output(StrEnum):
+    table = "table"
+    json = "json"
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_input=False)
+        )
+        err.print(f"[red]Invalid settings:[/red] {problems}")
+        raise typer.Exit(render.EXIT_USAGE) from None
+
+
+def _broker_url(settings: Settings) -> str:
+    url = settings.nats_url or read_state_url(settings.home)
+    if url is None:
+        err.print(
+            "[red]Kushim is not running:[/red] start it with `kushim up` (it writes "
+            f"{settings.home / 'state.json'}) or set KUSHIM_NATS_URL."
+        )
+        raise typer.Exit(render.EXIT_COULD_NOT_RUN)
+    return url
+
+
+def _show(report: Report, output: Output) -> int:
+    if output is Output.json:
+        render.print_json(report, out)
+    else:
+        render.print_report(report, out)
+    return render.exit_code(report)
+
+
+async def _check(
+    url: str,
+    *,
+    accounts: list[str] | None,
+    services: list[Service] | None,
+    timeout: float,
+    request_id: str | None = None,
+) -> Report:
+    client = await KushimClient.connect(url)
+    try:
+        request_id = request_id or f"cli-{uuid.uuid4().hex}"
+        completed = await client.run_and_wait(request_id, accounts=accounts, services=services, timeout=timeout)
+        return await client.report(run_id=completed.run_id)
+    finally:
+        await client.close()
+
+
+@app.command()
+def check(
+    account: Annotated[
+        list[str] | None, typer.Option("--account", "-a", help="Account id; repeat for several.")
+    ] = None,
+    service: Annotated[list[Service] | None, typer.Option("--service", "-s", help="iam, s3 or cloudtrail.")] = None,
+    wait: Annotated[bool, typer.Option("--wait/--no-wait", help="Wait for the result, or print the run id.")] = True,
+    output: Annotated[Output, typer.Option("--output", "-o", help="table or json.")] = Output.table,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the run before exit code 4.")] = 1200.0,
+) -> None:
+    """Run the checks now (publishes a RunRequested) and print the report."""
+    settings = _settings()
+    configure_logging("WARNING", settings.log_format)
+    url = _broker_url(settings)
+    try:
+        if not wait:
+            request_id = f"cli-{uuid.uuid4().hex}"
+
+            async def publish() -> str:
+                client = await KushimClient.connect(url)
+                try:
+                    await client.request_run(request_id, accounts=account, services=service)
+                finally:
+                    await client.close()
+                from services.cli.client import expected_run_id
+
+                return expected_run_id(request_id)
+
+            run_id = asyncio.run(publish())
+            if output is Output.json:
+                out.print_json(json.dumps({"run_id": run_id, "request_id": request_id}))
+            else:
+                out.print(run_id)
+            return
+        report = asyncio.run(_check(url, accounts=account, services=service, timeout=timeout))
+    except RunRejectedError as exc:
+        err.print(f"[red]Run rejected:[/red] {exc}")
+        raise typer.Exit(render.EXIT_USAGE) from None
+    except CouldNotRun as exc:
+        err.print(f"[red]Could not run:[/red] {exc}")
+        raise typer.Exit(render.EXIT_COULD_NOT_RUN) from None
+    raise typer.Exit(_show(report, output))
+
+
+@app.command()
+def report(
+    run: Annotated[str | None, typer.Option("--run", help="Run id (default: the latest run).")] = None,
+    account: Annotated[str | None, typer.Option("--account", "-a", help="Only this account.")] = None,
+    output: Annotated[Output, typer.Option("--output", "-o", help="table or json.")] = Output.table,
+) -> None:
+    """Print the report of the latest (or a chosen) run, read from the evidence service."""
+    settings = _settings()
+    configure_logging("WARNING", settings.log_format)
+    url = _broker_url(settings)
+
+    async def fetch() -> Report:
+        client = await KushimClient.connect(url)
+        try:
+            return await client.report(run_id=run, account_id=account)
+        finally:
+            await client.close()
+
+    try:
+        result = asyncio.run(fetch())
+    except CouldNotRun as exc:
+        err.print(f"[red]Could not read the report:[/red] {exc}")
+        raise typer.Exit(render.EXIT_COULD_NOT_RUN) from None
+    raise typer.Exit(_show(result, output))
+
+
+@app.command()
+def demo(
+    output: Annotated[Output, typer.Option("--output", "-o", help="table or json.")] = Output.table,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show the services' logs.")] = False,
+) -> None:
+    """Run the whole pipeline once on a built-in demo account (embedded moto, nats-server and SQLite) and print
+    the report. Never touches your AWS credentials. Exits 0 when the report is the expected one."""
+    from services.cli.demo import run_demo
+
+    configure_logging("INFO" if verbose else "WARNING", "console")
+    started = time.monotonic()
+    try:
+        result, problems = run_demo()
+    except CouldNotRun as exc:
+        err.print(f"[red]Demo could not run:[/red] {exc}")
+        raise typer.Exit(render.EXIT_COULD_NOT_RUN) from None
+    _show(result, output)
+    elapsed = time.monotonic() - started
+    if problems:
+        err.print("[red]The demo report differs from the expected one:[/red]")
+        for problem in problems:
+            err.print(f"  - {problem}")
+        raise typer.Exit(render.EXIT_FAIL)
+    err.print(
+        f"\n[green]Demo finished in {elapsed:.1f}s: the report is the expected one[/green] "
+        "(CC6.1 FAIL at 50 % MFA, CC6.7 FAIL on one bucket, CC7.2 PASS)."
+    )
+
+
+@app.command()
+def up() -> None:
+    """Run every service against your AWS account (standard AWS environment and credentials, AWS_ENDPOINT_URL
+    honoured) in the foreground until Ctrl-C. Data lives in KUSHIM_HOME; other commands find the broker there."""
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_format)
+    settings.home.mkdir(parents=True, exist_ok=True)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        from services.cli.stack import running_stack
+
+        async with running_stack(settings) as stack:
+            state = write_state(settings.home, stack.url)
+            err.print(
+                f"[green]Kushim is up[/green]: broker {stack.url}, database {settings.effective_database_url}, "
+                f"schedule '{settings.schedule}' UTC{'' if settings.schedule_enabled else ' (disabled)'}.\n"
+                f"State in {state}. Run `kushim check` in another terminal; Ctrl-C stops."
+            )
+            try:
+                await stop.wait()
+            finally:
+                clear_state(settings.home)
+
+    try:
+        asyncio.run(main())
+    except Exception as exc:
+        err.print(f"[red]Kushim could not start:[/red] {type(exc).__name__}: {exc}")
+        raise typer.Exit(render.EXIT_COULD_NOT_RUN) from None
+
+
+@app.command()
+def serve(
+    service: Annotated[str, typer.Argument(help=f"One of: {', '.join(SERVICE_NAMES)}.")],
+) -> None:
+    """Run one service (for containers). Needs KUSHIM_NATS_URL."""
+    if service not in SERVICE_NAMES:
+        err.print(f"[red]Unknown service {service!r}[/red]; choose one of: {', '.join(SERVICE_NAMES)}")
+        raise typer.Exit(render.EXIT_USAGE)
+    settings = _settings()
+    configure_logging(settings.log_level, settings.log_format)
+    if not settings.nats_url:
+        err.print("[red]KUSHIM_NATS_URL is required by `kushim serve`[/red] (e.g. nats://nats:4222).")
+        raise typer.Exit(render.EXIT_USAGE)
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        from services.cli.stack import running_stack
+
+        async with running_stack(settings, services=[service]):
+            await stop.wait()
+
+    try:
+        asyncio.run(main())
+    except Exception as exc:
+        err.print(f"[red]{service} could not start:[/red] {type(exc).__name__}: {exc}")
+        raise typer.Exit(render.EXIT_COULD_NOT_RUN) from None
+
+
+@app.command()
+def controls() -> None:
+    """Print the checks, their controls, and whether each gates its control's verdict."""
+    settings = _settings()
+    gating = gating_table(settings.mfa_scope)
+    table = Table(title=f"Checks and control verdicts (KUSHIM_MFA_SCOPE={settings.mfa_scope})")
+    for col in ("Control", "Check id", "Role", "Severity", "Title"):
+        table.add_column(col)
+    for info in sorted(CATALOG, key=lambda i: (i.control, i.id)):
+        role = "gating" if gating[info.id] else "advisory"
+        table.add_row(info.control.value, info.id, role, info.severity.value, info.title)
+    out.print(table)
+    for control, title in CONTROL_TITLES.items():
+        out.print(f"{control.value}: {title}")
+    out.print(
+        "A control is FAIL if any gating check FAILs; else ERROR if any gating check is ERROR or a planned "
+        "(account, service) never reported; else PASS. Advisory checks never change the verdict."
+    )
+
+
+@app.command()
+def policy(
+    bucket_pattern: Annotated[str, typer.Option(help="Evidence bucket name or pattern.")] = "kushim-evidence-storage-*",
+) -> None:
+    """Print the least-privilege IAM policy for the checks Kushim runs."""
+    operations = [
+        key for key in IAM_ACTIONS if key[0] != "s3" or key[1] not in ("PutObject", "GetObject", "HeadBucket")
+    ]
+    out.print_json(json.dumps(read_only_policy(operations, bucket_pattern)))
+
+
+@app.command(name="settings")
+def show_settings() -> None:
+    """List every setting, its environment variable and default."""
+    table = Table(title="Settings (environment variables; also read from ./.env)")
+    for col in ("Variable", "Default", "Meaning"):
+        table.add_column(col, overflow="fold")
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        if alias is None:
+            var = f"KUSHIM_{name.upper()}"
+        elif isinstance(alias, str):
+            var = alias
+        else:
+            var = " / ".join(str(choice) for choice in alias.choices)
+        default: Any = "(computed)" if field.default_factory is not None else field.default
+        table.add_row(var, "" if default is None else str(default), field.description or "")
+    out.print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,200 @@
+"""The compliance report, for people (rich tables) and machines (JSON), and the CLI's exit codes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from services.cli.client import Report
+from shared.controls import CONTROL_SERVICES, CONTROL_TITLES
+from shared.messages import Finding, RunState, Service, Soc2Control, Status
+
+EXIT_OK = 0
+EXIT_FAIL = 1
+EXIT_USAGE = 2
+EXIT_ERROR = 3
+EXIT_COULD_NOT_RUN = 4
+
+_STATUS_STYLE = {Status.PASS: "green", Status.FAIL: "bold red", Status.ERROR: "yellow"}
+_STATUS_ORDER = {Status.FAIL: 0, Status.ERROR: 1, Status.PASS: 2}
+
+
+def exit_code(report: Report) -> int:
+    """0 every control passes; 1 any FAIL; 3 an ERROR or an INCOMPLETE run without FAIL."""
+    statuses = {v.status for v in report.run.controls.values()}
+    if Status.FAIL in statuses:
+        return EXIT_FAIL
+    if Status.ERROR in statuses or report.run.state is not RunState.COMPLETE:
+        return EXIT_ERROR
+    return EXIT_OK
+
+
+def _finding_json(f: Finding) -> dict[str, Any]:
+    return {
+        "finding_id": f.finding_id,
+        "account_id": f.account_id,
+        "region": f.region,
+        "control": f.control.value,
+        "check_id": f.check_id,
+        "resource_type": f.resource_type,
+        "resource_arn": f.resource_arn,
+        "resource_id": f.resource_id,
+        "status": f.status.value,
+        "severity": f.severity.value,
+        "summary": f.summary,
+        "details": f.details,
+        "remediation": f.remediation,
+    }
+
+
+def report_json(report: Report) -> dict[str, Any]:
+    run = report.run
+    return {
+        "run_id": run.run_id,
+        "request_id": run.request_id,
+        "status": run.state.value,
+        "requested_at": run.requested_at.isoformat(),
+        "completed_at": run.completed_at.isoformat() if run.completed_at else None,
+        "controls": {
+            control.value: {
+                "status": verdict.status.value,
+                "reason": verdict.reason,
+                "failed": verdict.failed,
+                "errors": verdict.errors,
+                "passed": verdict.passed,
+            }
+            for control, verdict in sorted(run.controls.items())
+        },
+        "missing": [{"account_id": m.account_id, "service": m.service.value} for m in run.missing],
+        "services": [
+            {
+                "account_id": s.account_id,
+                "service": s.service.value,
+                "complete": s.complete,
+                "population": s.population,
+                "metrics": s.metrics,
+                "api_calls": s.api_calls,
+                "evidence": s.evidence_location,
+                "evidence_sha256": s.evidence_sha256,
+            }
+            for s in report.services
+        ],
+        "findings": [_finding_json(f) for f in sorted_findings(report.findings)],
+    }
+
+
+def print_json(report: Report, console: Console) -> None:
+    console.print_json(json.dumps(report_json(report)))
+
+
+def sorted_findings(findings: Iterable[Finding]) -> list[Finding]:
+    return sorted(findings, key=lambda f: (_STATUS_ORDER[f.status], f.account_id, f.check_id, f.resource_id))
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f} %"
+
+
+def print_report(report: Report, console: Console) -> None:
+    run = report.run
+    console.print(f"[bold]Kushim compliance report[/bold]  run {run.run_id}  [bold]{run.state.value}[/bold]")
+    console.print(f"requested {run.requested_at:%Y-%m-%d %H:%M:%S %Z} by {run.requested_by} (request {run.request_id})")
+    accounts = sorted({s.account_id for s in report.services})
+    console.print(f"account(s): {', '.join(accounts) or '-'}")
+    if run.missing:
+        missing = ", ".join(f"{m.account_id}/{m.service.value}" for m in run.missing)
+        console.print(f"[yellow]INCOMPLETE: no results from {missing}[/yellow]")
+
+    table = Table(title="Controls", show_lines=False)
+    table.add_column("Control")
+    table.add_column("Verdict")
+    table.add_column("What it covers")
+    table.add_column("Why")
+    for control, verdict in sorted(run.controls.items()):
+        style = _STATUS_STYLE[verdict.status]
+        table.add_row(
+            control.value, f"[{style}]{verdict.status.value}[/{style}]", CONTROL_TITLES[control], verdict.reason
+        )
+    console.print(table)
+
+    by_control: dict[Soc2Control, list[Finding]] = {}
+    for f in report.findings:
+        by_control.setdefault(f.control, []).append(f)
+    for control in sorted(run.controls):
+        service = CONTROL_SERVICES[control]
+        console.print(f"\n[bold]{control.value}[/bold] {CONTROL_TITLES[control]}")
+        for line in _service_lines(report, service):
+            console.print(f"  {line}")
+        findings = by_control.get(control, [])
+        _print_findings(console, control, findings)
+
+    errors = [f for f in report.findings if f.status is Status.ERROR]
+    if errors:
+        console.print("\n[bold yellow]Could not be evaluated (ERROR)[/bold yellow]")
+        for f in sorted_findings(errors):
+            perm = f.details.get("required_permission")
+            hint = f"  [dim](needs {perm})[/dim]" if perm and perm != "-" else ""
+            console.print(f"  {f.check_id}  {f.resource_id}: {f.summary}{hint}")
+
+    console.print("\n[bold]Evidence[/bold]")
+    for s in sorted(report.services, key=lambda s: (s.account_id, s.service.value)):
+        where = s.evidence_location or "(not stored yet)"
+        digest = f"  sha256 {s.evidence_sha256[:16]}…" if s.evidence_sha256 else ""
+        console.print(f"  {s.account_id} {s.service.value:<10} {where}{digest}")
+
+
+def _service_lines(report: Report, service: Service) -> list[str]:
+    lines: list[str] = []
+    for s in report.services:
+        if s.service is not service:
+            continue
+        prefix = f"{s.account_id}: " if len({x.account_id for x in report.services}) > 1 else ""
+        pop, met = s.population, s.metrics
+        if service is Service.IAM and "users" in pop:
+            lines.append(
+                f"{prefix}MFA: {_pct(met.get('mfa_percent'))} of {pop['users']} users "
+                f"(console users: {_pct(met.get('console_mfa_percent'))} of {pop.get('console_users', 0)})"
+            )
+        elif service is Service.S3 and "buckets" in pop:
+            lines.append(f"{prefix}{pop['buckets']} buckets, {_pct(met.get('encrypted_percent'))} encrypted by default")
+        elif service is Service.CLOUDTRAIL and "trails" in pop:
+            lines.append(
+                f"{prefix}{pop['trails']} trails, {int(met.get('logging_trails', 0))} logging; "
+                f"{pop.get('regions', 0)} region(s) inspected"
+            )
+    return lines
+
+
+def _print_findings(console: Console, control: Soc2Control, findings: list[Finding]) -> None:
+    failing = [f for f in findings if f.status is Status.FAIL]
+    if control is Soc2Control.CC6_1:
+        # Users without MFA, console users first; one line per user (both MFA checks name the same user).
+        users: dict[str, Finding] = {}
+        for f in failing:
+            if f.check_id == "iam.user_mfa" or f.resource_id not in users:
+                users[f.resource_id] = f
+        ordered = sorted(users.values(), key=lambda f: (not f.details.get("console_password", False), f.resource_id))
+        if ordered:
+            console.print(f"  Users without MFA ({len(ordered)}), console users first:")
+            for f in ordered:
+                kind = "console password" if f.details.get("console_password") else "API only"
+                console.print(f"    [red]✗[/red] {f.details.get('user_name', f.resource_id):<24} {kind}")
+        others = [f for f in failing if f.check_id not in ("iam.user_mfa", "iam.console_user_mfa")]
+    else:
+        others = failing
+    for f in sorted_findings(others):
+        console.print(f"  [red]✗[/red] {f.resource_id}: {f.summary}")
+    passing = [f for f in findings if f.status is Status.PASS]
+    if control is not Soc2Control.CC6_1:
+        for f in sorted_findings(passing):
+            console.print(f"  [green]✓[/green] {f.resource_id}: {f.summary}")
+    elif passing:
+        console.print(f"  {len({f.resource_id for f in passing})} user(s) pass")
+    if failing:
+        remediation = next((f.remediation for f in failing if f.remediation), "")
+        if remediation:
+            console.print(f"  [dim]Fix: {remediation}[/dim]")

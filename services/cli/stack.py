@@ -1,0 +1,76 @@
+"""The composition root for running several services in one process (`kushim up`, `kushim demo`, `kushim serve`).
+
+This package is the only one allowed to import every service.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+from services.collector_cloudtrail.app import create_service as create_cloudtrail
+from services.collector_iam.app import create_service as create_iam
+from services.collector_s3.app import create_service as create_s3
+from services.evidence.app import create_service as create_evidence
+from services.scheduler.app import create_service as create_scheduler
+from shared.aws import AwsClients
+from shared.embedded import EmbeddedNats, start_nats
+from shared.service import ServiceApp
+from shared.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+ServiceFactory = Callable[..., ServiceApp]
+
+SERVICES: dict[str, ServiceFactory] = {
+    "evidence": create_evidence,
+    "collector-iam": create_iam,
+    "collector-s3": create_s3,
+    "collector-cloudtrail": create_cloudtrail,
+    "scheduler": create_scheduler,
+}
+"""Every service `kushim serve` can run, in start-up order (consumers first, the scheduler last)."""
+
+
+@dataclass
+class Stack:
+    url: str
+    apps: list[ServiceApp]
+    nats: EmbeddedNats | None
+
+
+@contextlib.asynccontextmanager
+async def running_stack(
+    settings: Settings,
+    *,
+    services: Sequence[str] = tuple(SERVICES),
+    nats_store: Path | None = None,
+    aws: AwsClients | None = None,
+) -> AsyncIterator[Stack]:
+    """Start a nats-server (unless settings name one) and the given services; stop everything on exit."""
+    embedded: EmbeddedNats | None = None
+    url = settings.nats_url
+    if url is None:
+        embedded = start_nats(nats_store or settings.home / "jetstream")
+        url = embedded.url
+        log.info("nats_started", url=url, store=str(embedded.store_dir))
+    aws = aws or AwsClients(settings)
+    apps: list[ServiceApp] = []
+    try:
+        for name in services:
+            app = SERVICES[name](settings, url=url, aws=aws)
+            await app.start()
+            apps.append(app)
+        yield Stack(url=url, apps=apps, nats=embedded)
+    finally:
+        for app in reversed(apps):
+            try:
+                await app.stop()
+            except Exception as exc:  # keep stopping the others
+                log.error("service_stop_failed", service=app.name, error=str(exc))
+        if embedded is not None:
+            embedded.stop()

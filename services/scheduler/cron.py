@@ -1,0 +1,76 @@
+"""The schedule: publishes a RunRequested at every cron slot (UTC), with a slot-derived id so that several
+scheduler replicas ticking at once produce one run (the stream deduplicates on Nats-Msg-Id)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import structlog
+from croniter import croniter
+from faststream.nats import NatsBroker
+
+from shared import subjects
+from shared.messages import RunRequested
+from shared.nats import publish_durable
+
+log = structlog.get_logger(__name__)
+
+
+class InvalidSchedule(ValueError):
+    pass
+
+
+def validate_schedule(expression: str) -> str:
+    if not croniter.is_valid(expression):
+        raise InvalidSchedule(f"KUSHIM_SCHEDULE {expression!r} is not a valid 5-field cron expression")
+    return expression
+
+
+def next_slot(expression: str, after: datetime) -> datetime:
+    """The first slot strictly after `after`, in UTC."""
+    return croniter(expression, after.astimezone(UTC)).get_next(datetime).astimezone(UTC)
+
+
+def slot_request_id(slot: datetime) -> str:
+    return f"schedule-{slot.astimezone(UTC):%Y%m%dT%H%MZ}"
+
+
+def scheduled_request(slot: datetime) -> RunRequested:
+    return RunRequested(request_id=slot_request_id(slot), requested_by="kushim-scheduler", requested_at=slot)
+
+
+class CronLoop:
+    def __init__(
+        self,
+        *,
+        broker: NatsBroker,
+        expression: str,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._broker = broker
+        self._expression = validate_schedule(expression)
+        self._clock = clock
+
+    async def publish_slot(self, slot: datetime) -> None:
+        request = scheduled_request(slot)
+        ack = await publish_durable(
+            self._broker,
+            subjects.RUNS_REQUESTED,
+            request,
+            msg_id=request.request_id,
+            stream=subjects.STREAM_RUNS,
+        )
+        log.info("scheduled_run_requested", request_id=request.request_id, duplicate=bool(ack.duplicate))
+
+    async def run(self) -> None:
+        slot = next_slot(self._expression, self._clock())
+        log.info("schedule_armed", schedule=self._expression, next_run=slot.isoformat())
+        while True:
+            wait = (slot - self._clock()).total_seconds()
+            if wait > 0:
+                await asyncio.sleep(min(wait, 60.0))
+                continue
+            await self.publish_slot(slot)
+            slot = next_slot(self._expression, slot)

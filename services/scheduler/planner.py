@@ -1,0 +1,116 @@
+"""Turns a RunRequested into a RunPlanned and one CheckRequested per (account, service)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from faststream.nats import NatsBroker, NatsMessage
+
+from shared import subjects
+from shared.consume import Delivery, Rejected
+from shared.messages import (
+    CheckRequested,
+    PlannedCheck,
+    RunPlanned,
+    RunRejected,
+    RunRequested,
+    Service,
+    run_id_for,
+)
+from shared.nats import publish_durable
+from shared.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+AccountResolver = Callable[[], Awaitable[frozenset[str]]]
+
+
+class Planner:
+    def __init__(
+        self,
+        *,
+        broker: NatsBroker,
+        settings: Settings,
+        known_accounts: AccountResolver,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._broker = broker
+        self._settings = settings
+        self._known_accounts = known_accounts
+        self._clock = clock
+
+    async def handle(self, request: RunRequested, delivery: Delivery, msg: NatsMessage) -> None:
+        known = await self._known_accounts()
+        accounts = sorted(set(request.accounts)) if request.accounts else sorted(known)
+        unknown = [a for a in accounts if a not in known]
+        if unknown:
+            raise Rejected(
+                f"account(s) {', '.join(unknown)} are not registered with this Kushim "
+                f"(registered: {', '.join(sorted(known))}); nothing was scanned"
+            )
+        services = sorted(set(request.services), key=list(Service).index) if request.services else list(Service)
+        run_id = run_id_for(request.request_id)
+        planned_at = self._clock()
+        expected = [PlannedCheck(account_id=a, service=s) for a in accounts for s in services]
+        plan = RunPlanned(
+            run_id=run_id,
+            request_id=request.request_id,
+            requested_by=request.requested_by,
+            requested_at=request.requested_at,
+            planned_at=planned_at,
+            deadline_at=planned_at + timedelta(seconds=self._settings.run_deadline_seconds),
+            expected=expected,
+        )
+        # A redelivered request republishes with the same ids: the streams' duplicate window drops the copies.
+        await publish_durable(
+            self._broker, subjects.RUNS_PLANNED, plan, msg_id=f"planned:{run_id}", stream=subjects.STREAM_RUNS
+        )
+        for pair in expected:
+            check = CheckRequested(
+                run_id=run_id,
+                request_id=request.request_id,
+                account_id=pair.account_id,
+                service=pair.service,
+                regions=self._settings.scan_regions,
+                requested_at=request.requested_at,
+            )
+            await publish_durable(
+                self._broker,
+                subjects.checks_subject(pair.service),
+                check,
+                msg_id=f"check:{run_id}:{pair.account_id}:{pair.service.value}",
+                stream=subjects.STREAM_CHECKS,
+            )
+        log.info(
+            "run_planned",
+            run_id=run_id,
+            request_id=request.request_id,
+            accounts=len(accounts),
+            services=[s.value for s in services],
+            checks=len(expected),
+        )
+
+    async def rejected(self, body: bytes, reason: str) -> None:
+        """Answer a refused request on kushim.runs.rejected, echoing its request_id when it can be read."""
+        request_id = _request_id_of(body)
+        rejection = RunRejected(request_id=request_id, reason=reason, rejected_at=self._clock())
+        msg_id = f"rejected:{hashlib.sha256(body).hexdigest()[:32]}"
+        await publish_durable(
+            self._broker, subjects.RUNS_REJECTED, rejection, msg_id=msg_id, stream=subjects.STREAM_RUNS
+        )
+
+
+def _request_id_of(body: bytes) -> str | None:
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if isinstance(data, dict):
+        value = data.get("request_id")
+        if isinstance(value, str) and 0 < len(value) <= 128:
+            return value
+    return None

@@ -1,0 +1,188 @@
+"""The scheduler on a real nats-server, with moto answering sts:GetCallerIdentity."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+
+import pytest
+from nats.aio.client import Client as NatsClient
+
+from services.scheduler.app import create_service
+from services.scheduler.cron import InvalidSchedule, next_slot, scheduled_request, slot_request_id
+from shared import subjects
+from shared.embedded import EmbeddedNats
+from shared.messages import CheckRequested, DeadLetter, RunPlanned, RunRejected, Service, run_id_for
+from shared.service import ServiceApp
+from shared.settings import Settings
+from tests.conftest import MOTO_ACCOUNT
+from tests.helpers import eventually, nats_client, stream_models, stream_payloads
+
+
+@pytest.fixture
+async def scheduler(settings: Settings) -> AsyncIterator[ServiceApp]:
+    assert settings.nats_url
+    app = create_service(settings, url=settings.nats_url)
+    await app.start()
+    try:
+        yield app
+    finally:
+        await app.stop()
+
+
+@pytest.fixture
+async def nc(nats_server: EmbeddedNats) -> AsyncIterator[NatsClient]:
+    async with nats_client(nats_server.url) as client:
+        yield client
+
+
+def request_body(request_id: str, **extra: object) -> bytes:
+    body: dict[str, object] = {"request_id": request_id, "requested_at": "2026-11-27T10:00:00+00:00"}
+    body.update(extra)
+    return json.dumps(body).encode()
+
+
+async def publish(nc: NatsClient, body: bytes, msg_id: str) -> None:
+    await nc.jetstream().publish(
+        subjects.RUNS_REQUESTED, body, stream=subjects.STREAM_RUNS, headers={"Nats-Msg-Id": msg_id}
+    )
+
+
+async def test_valid_request_plans_run_and_fans_out_one_check_per_service(
+    scheduler: ServiceApp, nc: NatsClient
+) -> None:
+    await publish(nc, request_body("req-1", requested_by="test"), "req-1")
+
+    async def planned() -> bool:
+        return len(await stream_payloads(nc, subjects.STREAM_CHECKS, "kushim.checks.>")) == 3
+
+    await eventually(planned, what="three CheckRequested")
+    plans = await stream_models(nc, subjects.STREAM_RUNS, subjects.RUNS_PLANNED, RunPlanned)
+    assert len(plans) == 1
+    plan = plans[0]
+    assert plan.run_id == run_id_for("req-1")
+    assert plan.request_id == "req-1"
+    assert plan.requested_by == "test"
+    assert {(p.account_id, p.service) for p in plan.expected} == {(MOTO_ACCOUNT, s) for s in Service}
+    assert plan.deadline_at > plan.planned_at
+    checks = await stream_models(nc, subjects.STREAM_CHECKS, "kushim.checks.>", CheckRequested)
+    assert sorted(c.service.value for c in checks) == ["cloudtrail", "iam", "s3"]
+    assert {c.run_id for c in checks} == {plan.run_id}
+    assert all(c.account_id == MOTO_ACCOUNT and c.regions == ["us-east-1"] for c in checks)
+
+
+async def test_subset_of_services_and_duplicate_request_plan_once(scheduler: ServiceApp, nc: NatsClient) -> None:
+    body = request_body("req-2", services=["s3"], accounts=[MOTO_ACCOUNT])
+    await publish(nc, body, "req-2")
+    await publish(nc, body, "req-2")  # a retried publish: deduplicated by the stream
+
+    async def one_check() -> bool:
+        return len(await stream_payloads(nc, subjects.STREAM_CHECKS, "kushim.checks.>")) == 1
+
+    await eventually(one_check, what="one CheckRequested")
+    # the same request id under another Nats-Msg-Id is redelivered work: same run, same check ids
+    await publish(nc, body, "req-2-again")
+
+    async def two_plans_seen() -> bool:
+        return len(await stream_payloads(nc, subjects.STREAM_RUNS, subjects.RUNS_REQUESTED)) == 2
+
+    await eventually(two_plans_seen, what="second request stored")
+    info = await nc.jetstream().consumer_info(subjects.STREAM_RUNS, subjects.DURABLE_SCHEDULER)
+
+    async def drained() -> bool:
+        ci = await nc.jetstream().consumer_info(subjects.STREAM_RUNS, subjects.DURABLE_SCHEDULER)
+        return ci.num_pending == 0 and ci.num_ack_pending == 0
+
+    await eventually(drained, what="scheduler consumer drained")
+    assert info is not None
+    checks = await stream_models(nc, subjects.STREAM_CHECKS, "kushim.checks.>", CheckRequested)
+    assert [c.service for c in checks] == [Service.S3]
+    assert len(await stream_payloads(nc, subjects.STREAM_RUNS, subjects.RUNS_PLANNED)) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "request_id", "reason_part"),
+    [
+        (b"{not json", None, "invalid message"),
+        (request_body("req-extra", surprise=True), "req-extra", "surprise"),
+        (request_body("req-other", accounts=["999999999999"]), "req-other", "999999999999"),
+        (request_body("req-bad-account", accounts=["12345678901٣"]), "req-bad-account", "accounts"),
+        (request_body("req-version", schema_version=2), "req-version", "schema_version"),
+    ],
+)
+async def test_bad_requests_are_rejected_dead_lettered_and_never_scanned(
+    scheduler: ServiceApp, nc: NatsClient, body: bytes, request_id: str | None, reason_part: str
+) -> None:
+    await publish(nc, body, "bad-1")
+
+    async def dead_lettered() -> bool:
+        return len(await stream_payloads(nc, subjects.STREAM_DLQ, "kushim.dlq.>")) == 1
+
+    await eventually(dead_lettered, what="a dead letter")
+    letter = (await stream_models(nc, subjects.STREAM_DLQ, "kushim.dlq.>", DeadLetter))[0]
+    assert letter.consumer == subjects.DURABLE_SCHEDULER
+    assert reason_part in letter.reason
+    rejected = await stream_models(nc, subjects.STREAM_RUNS, subjects.RUNS_REJECTED, RunRejected)
+    assert len(rejected) == 1
+    assert rejected[0].request_id == request_id
+    assert reason_part in rejected[0].reason
+    assert await stream_payloads(nc, subjects.STREAM_CHECKS, "kushim.checks.>") == []
+    assert await stream_payloads(nc, subjects.STREAM_RUNS, subjects.RUNS_PLANNED) == []
+
+    # the scheduler keeps serving
+    await publish(nc, request_body("req-after"), "req-after")
+
+    async def served() -> bool:
+        return len(await stream_payloads(nc, subjects.STREAM_CHECKS, "kushim.checks.>")) == 3
+
+    await eventually(served, what="the next valid request planned")
+
+
+def test_dead_letter_excerpt_redacts_secrets() -> None:
+    from shared.consume import excerpt
+
+    text = excerpt(b'{"request_id": "x", "aws_secret_access_key": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"}')
+    assert "wJalrXUtnFEMI" not in text
+
+
+def test_cron_slots_are_utc_and_slot_ids_are_stable() -> None:
+    after = datetime(2026, 11, 27, 1, 59, 59, tzinfo=UTC)
+    slot = next_slot("0 2 * * *", after)
+    assert slot == datetime(2026, 11, 27, 2, 0, tzinfo=UTC)
+    assert next_slot("0 2 * * *", slot) == datetime(2026, 11, 28, 2, 0, tzinfo=UTC)
+    assert slot_request_id(slot) == "schedule-20261127T0200Z"
+    request = scheduled_request(slot)
+    assert request.request_id == slot_request_id(slot)
+    assert request.requested_at == slot
+
+
+def test_invalid_schedule_is_refused(make_settings: Callable[..., Settings]) -> None:
+    with pytest.raises(InvalidSchedule, match="not a valid"):
+        create_service(make_settings(schedule="every day at two"), url="nats://127.0.0.1:1")
+
+
+async def test_cron_publishes_each_slot_once_even_from_two_replicas(
+    settings: Settings, nats_server: EmbeddedNats, nc: NatsClient
+) -> None:
+    from services.scheduler.cron import CronLoop
+    from shared.nats import make_broker
+
+    apps = [create_service(settings, url=nats_server.url) for _ in range(2)]
+    for app in apps:
+        await app.start()
+    try:
+        slot = datetime(2026, 11, 27, 2, 0, tzinfo=UTC)
+        for app in apps:  # two replicas tick at the same slot
+            await CronLoop(broker=app.broker, expression=settings.schedule).publish_slot(slot)
+        requests = await stream_payloads(nc, subjects.STREAM_RUNS, subjects.RUNS_REQUESTED)
+        assert len(requests) == 1
+
+        async def planned_once() -> bool:
+            return len(await stream_payloads(nc, subjects.STREAM_CHECKS, "kushim.checks.>")) == 3
+
+        await eventually(planned_once, what="one scheduled run")
+        assert make_broker is not None
+    finally:
+        for app in apps:
+            await app.stop()
