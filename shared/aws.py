@@ -111,7 +111,7 @@ def error_code(exc: BaseException) -> str | None:
     return None
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class ApiCallCounter:
     """Counts AWS API calls by `service:Operation` (attempts, including retries), through botocore's event hooks."""
 
@@ -177,10 +177,10 @@ class AwsClients:
 
     @asynccontextmanager
     async def _client(self, service: str, region: str, counter: ApiCallCounter | None) -> AsyncIterator[Any]:
-        kwargs: dict[str, Any] = {"region_name": region, "config": self._config}
-        if self._settings.aws_endpoint_url:
-            kwargs["endpoint_url"] = self._settings.aws_endpoint_url
-        async with self._session.create_client(service, **kwargs) as client:
+        create: Any = self._session.create_client  # typed per service by the public overloads above
+        async with create(
+            service, region_name=region, config=self._config, endpoint_url=self._settings.aws_endpoint_url
+        ) as client:
             if counter is not None:
                 client.meta.events.register("before-call.*.*", counter)
             yield client

@@ -98,7 +98,7 @@ class CollectorRuntime(Generic[S]):
             return False
         ctx = RunContext(request.run_id, request.account_id, datetime.now(UTC), COLLECTOR_VERSION)
         err = AwsCallError(self.spec.service.value, "Scan", type(exc).__name__, str(exc)[:500], "-", True)
-        findings = [to_finding(chk.info, Outcome.error("account", "account", err), ctx) for chk in self.spec.checks]
+        findings = [to_finding(chk.info, Outcome.error("account", "AWS::::Account", err), ctx) for chk in self.spec.checks]
         await self._publish(request, findings, Summary({}, {}, []), {}, ctx.observed_at)
         return True
 

@@ -1,0 +1,24 @@
+"""s3.bucket_default_encryption: every bucket encrypts new objects by default."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from services.collector_s3.snapshot import ACCOUNT_RESOURCE, ACCOUNT_TYPE, BUCKET_TYPE, GLOBAL, S3Snapshot
+from shared.checks import Outcome, check
+
+
+@check("s3.bucket_default_encryption")
+def bucket_default_encryption(snapshot: S3Snapshot) -> Iterator[Outcome]:
+    if snapshot.list_error is not None:
+        yield Outcome.error(ACCOUNT_RESOURCE, ACCOUNT_TYPE, snapshot.list_error, region=GLOBAL)
+        return
+    for bucket in snapshot.buckets:
+        fields = {"resource_arn": bucket.arn, "region": bucket.region or GLOBAL, "details": bucket.details()}
+        if bucket.error is not None:
+            yield Outcome.error(bucket.resource_id, BUCKET_TYPE, bucket.error, **fields)
+        elif bucket.encryption is None:
+            yield Outcome.fail(bucket.resource_id, BUCKET_TYPE, "no default server-side encryption", **fields)
+        else:
+            summary = f"default encryption {bucket.encryption.describe()}"
+            yield Outcome.ok(bucket.resource_id, BUCKET_TYPE, summary, **fields)
