@@ -88,23 +88,26 @@ class CollectorRuntime(Generic[S]):
         ctx = RunContext(request.run_id, request.account_id, datetime.now(UTC), COLLECTOR_VERSION)
         findings = evaluate(self.spec.checks, snapshot, ctx)
         summary = self.spec.summarize(snapshot)
-        await self._publish(request, findings, summary, counter.snapshot(), started)
+        await self._publish(request, delivery.num_delivered, findings, summary, counter.snapshot(), started)
         by_status = {s.value: sum(1 for f in findings if f.status is s) for s in Status}
         log.info("scan_reported", findings=len(findings), api_calls=sum(counter.counts.values()), **by_status)
 
-    async def record_failure(self, request: CheckRequested, exc: BaseException) -> bool:
+    async def record_failure(self, request: CheckRequested, delivery: Delivery, exc: BaseException) -> bool:
         """Last delivery failed: report ERROR findings so the run ends with ERROR rather than silence."""
         if isinstance(exc, Rejected):
             return False
         ctx = RunContext(request.run_id, request.account_id, datetime.now(UTC), COLLECTOR_VERSION)
         err = AwsCallError(self.spec.service.value, "Scan", type(exc).__name__, str(exc)[:500], "-", True)
-        findings = [to_finding(chk.info, Outcome.error("account", "AWS::::Account", err), ctx) for chk in self.spec.checks]
-        await self._publish(request, findings, Summary({}, {}, []), {}, ctx.observed_at)
+        findings = [
+            to_finding(chk.info, Outcome.error("account", "AWS::::Account", err), ctx) for chk in self.spec.checks
+        ]
+        await self._publish(request, delivery.num_delivered, findings, Summary({}, {}, []), {}, ctx.observed_at)
         return True
 
     async def _publish(
         self,
         request: CheckRequested,
+        attempt: int,
         findings: list[Finding],
         summary: Summary,
         api_calls: dict[str, int],
@@ -115,6 +118,7 @@ class CollectorRuntime(Generic[S]):
             "request_id": request.request_id,
             "account_id": request.account_id,
             "service": self.spec.service,
+            "attempt": attempt,
             "population": summary.population,
             "metrics": summary.metrics,
             "api_calls": api_calls,
@@ -126,8 +130,10 @@ class CollectorRuntime(Generic[S]):
         chunks = build_chunks(findings, self._settings.chunk_max_bytes, **envelope)
         subject = subjects.findings_subject(self.spec.service)
         for chunk in chunks:
-            # The id names the chunk, not its content: a retried scan's chunks are deduplicated by the stream.
-            msg_id = f"findings:{request.run_id}:{request.account_id}:{self.spec.service.value}:{chunk.chunk_index}"
+            # The id names the attempt and the chunk, not the content: a publish retried within one attempt is
+            # deduplicated by the stream, and a later attempt's set never mixes with a partly published earlier one.
+            pair = f"{request.run_id}:{request.account_id}:{self.spec.service.value}"
+            msg_id = f"findings:{pair}:{attempt}:{chunk.chunk_index}"
             await publish_durable(self._broker, subject, chunk, msg_id=msg_id, stream=subjects.STREAM_FINDINGS)
 
 

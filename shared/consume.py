@@ -127,7 +127,7 @@ async def keep_alive(msg: NatsMessage, interval: float) -> AsyncIterator[None]:
 
 Handler = Callable[[M, Delivery, NatsMessage], Awaitable[None]]
 OnRejected = Callable[[bytes, str], Awaitable[None]]
-OnExhausted = Callable[[M, BaseException], Awaitable[bool]]
+OnExhausted = Callable[[M, Delivery, BaseException], Awaitable[bool]]
 
 
 class Consumer(Generic[M]):
@@ -214,7 +214,7 @@ class Consumer(Generic[M]):
         recorded = False
         if self._on_exhausted is not None:
             try:
-                recorded = await self._on_exhausted(payload, exc)
+                recorded = await self._on_exhausted(payload, delivery, exc)
             except Exception as inner:
                 log.error("on_exhausted_failed", error=f"{type(inner).__name__}: {inner}")
         if recorded:

@@ -205,6 +205,9 @@ class FindingsReported(_Internal):
     request_id: RequestId
     account_id: AccountId
     service: Service
+    attempt: int = Field(
+        1, ge=1, description="Delivery attempt of the scan that produced the chunk; one attempt's chunks form a set."
+    )
     chunk_index: int = Field(ge=0)
     chunk_count: int = Field(ge=1)
     findings: list[Finding]
