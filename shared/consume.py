@@ -34,6 +34,7 @@ log = structlog.get_logger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
 PAYLOAD_EXCERPT_BYTES = 2048
+MAX_RETRY_DELAY_SECONDS = 300.0
 
 
 class Rejected(Exception):
@@ -195,7 +196,7 @@ class Consumer(Generic[M]):
     async def _failed(self, msg: NatsMessage, delivery: Delivery, body: bytes, payload: M, exc: BaseException) -> None:
         last = delivery.num_delivered >= self._settings.max_deliver
         if not last:
-            delay = self._settings.retry_delay_seconds * (2 ** (delivery.num_delivered - 1))
+            delay = min(MAX_RETRY_DELAY_SECONDS, self._settings.retry_delay_seconds * 2 ** (delivery.num_delivered - 1))
             log.warning(
                 "message_failed_will_retry",
                 error=f"{type(exc).__name__}: {exc}",

@@ -144,12 +144,20 @@ def control_verdicts(
         missing_by_service.setdefault(pair.service, []).append(pair.account_id)
     catalog = catalog_by_id()
     tallies: dict[Soc2Control, dict[Status, int]] = {}
+    by_check: dict[tuple[Soc2Control, Status], dict[str, int]] = {}
     for row in counts:
         info = catalog.get(row.check_id)
         if info is None or not gating.get(row.check_id, info.gating):
             continue
         per = tallies.setdefault(info.control, {})
         per[row.status] = per.get(row.status, 0) + row.count
+        checks = by_check.setdefault((info.control, row.status), {})
+        checks[row.check_id] = checks.get(row.check_id, 0) + row.count
+
+    def breakdown(control: Soc2Control, status: Status) -> str:
+        checks = by_check.get((control, status), {})
+        return ", ".join(f"{check_id} {n}" for check_id, n in sorted(checks.items()))
+
     verdicts: dict[Soc2Control, ControlVerdict] = {}
     for control, service in CONTROL_SERVICES.items():
         if service not in planned:
@@ -158,11 +166,11 @@ def control_verdicts(
         failed, errors, passed = per.get(Status.FAIL, 0), per.get(Status.ERROR, 0), per.get(Status.PASS, 0)
         missing_accounts = sorted(missing_by_service.get(service, []))
         if failed:
-            status, reason = Status.FAIL, f"{failed} gating finding(s) failed"
+            status, reason = Status.FAIL, f"{failed} gating finding(s) failed ({breakdown(control, Status.FAIL)})"
         elif errors or missing_accounts:
             parts = []
             if errors:
-                parts.append(f"{errors} gating finding(s) could not be evaluated")
+                parts.append(f"{errors} gating finding(s) could not be evaluated ({breakdown(control, Status.ERROR)})")
             if missing_accounts:
                 parts.append(f"no {service.value} results from account(s) {', '.join(missing_accounts)}")
             status, reason = Status.ERROR, "; ".join(parts)

@@ -38,9 +38,16 @@ class ServiceApp:
             await declare_topology(nc.jetstream(), self.settings)
         finally:
             await nc.close()
-        for hook in self.on_start:
-            await hook()
-        await self.broker.start()
+        try:
+            for hook in self.on_start:
+                await hook()
+            await self.broker.start()
+        except BaseException:
+            # release what earlier hooks opened (engines, clients) before reporting the failure
+            for stop_hook in self.on_stop:
+                with contextlib.suppress(Exception):
+                    await stop_hook()
+            raise
         for loop in self.background:
             self._tasks.append(asyncio.create_task(self._guarded(loop), name=f"{self.name}-background"))
         log.info("service_started", service=self.name)

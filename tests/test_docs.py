@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pydantic import BaseModel
+from pydantic import AliasChoices, BaseModel
 
 from shared import messages, subjects
 from shared.controls import CATALOG
@@ -23,7 +23,7 @@ def env_vars() -> list[str]:
             names.append(f"KUSHIM_{name.upper()}")
         elif isinstance(alias, str):
             names.append(alias)
-        else:
+        elif isinstance(alias, AliasChoices):
             names.extend(str(choice) for choice in alias.choices)
     return names
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -157,12 +158,14 @@ class KushimClient:
         self, *, run_id: str | None = None, request_id: str | None = None, account_id: str | None = None
     ) -> Report:
         """Every page of a run's report."""
-        page_no = 0
+        page_no, page_size = 0, 500
         findings: list[Finding] = []
         first: ReportPage | None = None
         while True:
             page = await self.report_page(
-                ReportRequest(run_id=run_id, request_id=request_id, account_id=account_id, page=page_no, page_size=500)
+                ReportRequest(
+                    run_id=run_id, request_id=request_id, account_id=account_id, page=page_no, page_size=page_size
+                )
             )
             if not page.ok or page.run is None:
                 raise CouldNotRun(page.error or "the evidence service returned no run")
@@ -170,8 +173,27 @@ class KushimClient:
             findings.extend(page.findings)
             if page.next_page is None:
                 break
-            page_no = page.next_page
+            # the service may shrink the page size to stay under the payload limit: follow its numbering
+            page_no, page_size = page.next_page, page.page_size or page_size
         return Report(run=first.run if first.run else page.run, services=list(first.services), findings=findings)
+
+
+async def run_check(
+    url: str,
+    *,
+    accounts: Sequence[str] | None = None,
+    services: Sequence[Service] | None = None,
+    timeout: float = 1200.0,
+    request_id: str | None = None,
+) -> Report:
+    """Request a run, wait for it and read its whole report."""
+    client = await KushimClient.connect(url)
+    try:
+        request_id = request_id or f"cli-{uuid.uuid4().hex}"
+        completed = await client.run_and_wait(request_id, accounts=accounts, services=services, timeout=timeout)
+        return await client.report(run_id=completed.run_id)
+    finally:
+        await client.close()
 
 
 def expected_run_id(request_id: str) -> str:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
-from services.cli.client import Report
+from services.cli.client import Report, run_check
 from services.cli.demo_account import DEMO_EVIDENCE_BUCKET, DEMO_REGION, seed_demo_account
 from services.cli.stack import running_stack
 from shared.messages import RunState, Soc2Control, Status
@@ -43,8 +45,8 @@ def demo_settings(home: Path, endpoint: str) -> Settings:
         nats_url=None,
         aws_endpoint_url=endpoint,
         aws_region=DEMO_REGION,
-        aws_access_key_id="demo",
-        aws_secret_access_key="demo",  # noqa: S106 - the embedded moto server's dummy credentials
+        aws_access_key_id=SecretStr("demo"),
+        aws_secret_access_key=SecretStr("demo"),  # the embedded moto server's dummy credentials
         evidence_bucket=DEMO_EVIDENCE_BUCKET,
         schedule_enabled=False,
         run_deadline_seconds=120.0,
@@ -84,11 +86,9 @@ def verify(report: Report) -> list[str]:
 
 
 async def _run(home: Path, endpoint: str) -> Report:
-    from services.cli.main import _check
-
     settings = demo_settings(home, endpoint)
     async with running_stack(settings) as stack:
-        return await _check(stack.url, accounts=None, services=None, timeout=180.0, request_id="kushim-demo")
+        return await run_check(stack.url, timeout=180.0, request_id=f"kushim-demo-{uuid.uuid4().hex[:12]}")
 
 
 def run_demo() -> tuple[Report, list[str]]:

@@ -13,12 +13,12 @@ from typing import Annotated, Any
 
 import structlog
 import typer
-from pydantic import ValidationError
+from pydantic import AliasChoices, ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from services.cli import render
-from services.cli.client import CouldNotRun, KushimClient, Report, RunRejectedError
+from services.cli.client import CouldNotRun, KushimClient, Report, RunRejectedError, expected_run_id, run_check
 from services.cli.state import SERVICE_NAMES, clear_state, read_state_url, write_state
 from shared.controls import CATALOG, CONTROL_TITLES, gating_table
 from shared.log import configure_logging
@@ -37,8 +37,16 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
+
+
+def _console(stderr: bool = False) -> Console:
+    stream = sys.stderr if stderr else sys.stdout
+    # Piped output keeps long lines (keys, ARNs) whole instead of folding them at 80 columns.
+    return Console(stderr=stderr, soft_wrap=True, width=None if stream.isatty() else 120)
+
+
+out = _console()
+err = _console(stderr=True)
 
 
 class Output(StrEnum):
@@ -76,23 +84,6 @@ def _show(report: Report, output: Output) -> int:
     return render.exit_code(report)
 
 
-async def _check(
-    url: str,
-    *,
-    accounts: list[str] | None,
-    services: list[Service] | None,
-    timeout: float,
-    request_id: str | None = None,
-) -> Report:
-    client = await KushimClient.connect(url)
-    try:
-        request_id = request_id or f"cli-{uuid.uuid4().hex}"
-        completed = await client.run_and_wait(request_id, accounts=accounts, services=services, timeout=timeout)
-        return await client.report(run_id=completed.run_id)
-    finally:
-        await client.close()
-
-
 @app.command()
 def check(
     account: Annotated[
@@ -117,8 +108,6 @@ def check(
                     await client.request_run(request_id, accounts=account, services=service)
                 finally:
                     await client.close()
-                from services.cli.client import expected_run_id
-
                 return expected_run_id(request_id)
 
             run_id = asyncio.run(publish())
@@ -127,7 +116,7 @@ def check(
             else:
                 out.print(run_id)
             return
-        report = asyncio.run(_check(url, accounts=account, services=service, timeout=timeout))
+        report = asyncio.run(run_check(url, accounts=account, services=service, timeout=timeout))
     except RunRejectedError as exc:
         err.print(f"[red]Run rejected:[/red] {exc}")
         raise typer.Exit(render.EXIT_USAGE) from None
@@ -300,8 +289,10 @@ def show_settings() -> None:
             var = f"KUSHIM_{name.upper()}"
         elif isinstance(alias, str):
             var = alias
-        else:
+        elif isinstance(alias, AliasChoices):
             var = " / ".join(str(choice) for choice in alias.choices)
+        else:
+            var = str(alias)
         default: Any = "(computed)" if field.default_factory is not None else field.default
         table.add_row(var, "" if default is None else str(default), field.description or "")
     out.print(table)

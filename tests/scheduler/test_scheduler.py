@@ -92,7 +92,7 @@ async def test_subset_of_services_and_duplicate_request_plan_once(scheduler: Ser
 
     async def drained() -> bool:
         ci = await nc.jetstream().consumer_info(subjects.STREAM_RUNS, subjects.DURABLE_SCHEDULER)
-        return ci.num_pending == 0 and ci.num_ack_pending == 0
+        return bool(ci.num_pending == 0 and ci.num_ack_pending == 0)
 
     await eventually(drained, what="scheduler consumer drained")
     assert info is not None

@@ -1,0 +1,286 @@
+"""The evidence service: stores run plans and findings chunks, builds and uploads one evidence document per
+(run, account, service), completes runs (COMPLETE, or INCOMPLETE after their deadline), publishes RunCompleted and
+answers paged report requests.
+
+Acknowledgement order (ack only after the effect is durable): a chunk is acked after its database commit; the
+last chunk of a pair only after its evidence document is uploaded and recorded and the run's completion evaluated.
+Any failure before that is transient: the message is nacked with a delay and the redelivery is idempotent.
+
+Evidence needs the run's `requested_at` (its key's date). When the last chunk of a pair lands before the run's plan,
+the chunk is acked once stored and the plan's handler builds that pair's evidence when the plan arrives (each side
+commits first and reads the other's data after, so one of them always sees both).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from datetime import UTC, datetime
+
+import structlog
+from faststream import AckPolicy
+from faststream.nats import NatsBroker, NatsMessage
+
+from services.evidence.document import build_document
+from services.evidence.report import Reports
+from services.evidence.store import EvidenceStore, PairKey
+from services.evidence.upload import EvidenceConflict, S3Uploader, Uploader
+from shared import subjects
+from shared.aws import AwsClients
+from shared.consume import Consumer, Delivery, Rejected
+from shared.controls import gating_table
+from shared.messages import FindingsReported, RunPlanned
+from shared.nats import (
+    durable_subscriber,
+    evidence_findings_consumer,
+    evidence_plans_consumer,
+    make_broker,
+    publish_durable,
+)
+from shared.service import ServiceApp
+from shared.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+SERVICE_NAME = "evidence"
+REPORT_QUEUE = "evidence"
+
+
+class EvidenceService:
+    """The evidence service's logic, wired onto a broker by `create_service`."""
+
+    def __init__(
+        self, *, settings: Settings, broker: NatsBroker, store: EvidenceStore, uploader: Uploader | None
+    ) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.store = store
+        self.uploader = uploader
+        self.reports = Reports(store)
+        self._gating: Mapping[str, bool] = gating_table(settings.mfa_scope)
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Check the evidence bucket first (nothing to undo if it is unusable), then create the tables."""
+        if self.uploader is not None:
+            await self.uploader.start()
+        try:
+            await self.store.create_schema()
+        except BaseException:
+            if self.uploader is not None:
+                await self.uploader.stop()
+            raise
+
+    async def stop(self) -> None:
+        if self.uploader is not None:
+            await self.uploader.stop()
+        await self.store.close()
+
+    # --- handlers -----------------------------------------------------------------------------
+
+    async def handle_plan(self, plan: RunPlanned, delivery: Delivery, msg: NatsMessage) -> None:
+        await self.store.save_plan(plan)
+        log.info("plan_stored", pairs=len(plan.expected), deadline_at=plan.deadline_at.isoformat())
+        for pair in await self.store.ready_pairs(plan.run_id):
+            try:
+                await self.finish_pair(pair)
+            except EvidenceConflict:
+                continue  # logged by the uploader; the pair stays without evidence and the run ends INCOMPLETE
+        await self.settle(plan.run_id)
+
+    async def handle_findings(self, chunk: FindingsReported, delivery: Delivery, msg: NatsMessage) -> None:
+        for finding in chunk.findings:
+            if (finding.run_id, finding.account_id, finding.service) != (chunk.run_id, chunk.account_id, chunk.service):
+                raise Rejected(f"finding {finding.finding_id} does not belong to this chunk's run, account and service")
+        if chunk.chunk_index >= chunk.chunk_count:
+            raise Rejected(f"chunk_index {chunk.chunk_index} is not below chunk_count {chunk.chunk_count}")
+        progress = await self.store.save_chunk(chunk, datetime.now(UTC))
+        log.info(
+            "chunk_stored",
+            chunk_index=chunk.chunk_index,
+            chunk_count=progress.chunk_count,
+            received=progress.received,
+            findings=len(chunk.findings),
+            delivery=delivery.num_delivered,
+        )
+        if not progress.all_received:
+            return
+        if not progress.evidence_done:
+            try:
+                done = await self.finish_pair(PairKey(chunk.run_id, chunk.account_id, chunk.service))
+            except EvidenceConflict as exc:
+                raise Rejected(str(exc)) from exc
+            if not done:
+                return
+        await self.settle(chunk.run_id)
+
+    # --- evidence and completion --------------------------------------------------------------
+
+    async def finish_pair(self, pair: PairKey) -> bool:
+        """Build, upload and record the pair's evidence document. False while the run's plan is unknown."""
+        bound = log.bind(run_id=pair.run_id, account_id=pair.account_id, service=pair.service.value)
+        material = await self.store.pair_material(pair)
+        if material is None:
+            bound.info("evidence_waits_for_plan")
+            return False
+        document = build_document(material)
+        if self.uploader is not None:
+            stored = await self.uploader.put(document)
+            location, version_id, replay = stored.location, stored.version_id, stored.replay
+        else:
+            location, version_id, replay = "database", None, False
+        await self.store.save_evidence(
+            pair,
+            key=document.key,
+            body=document.body,
+            sha256=document.sha256,
+            location=location,
+            version_id=version_id,
+            now=datetime.now(UTC),
+        )
+        bound.info(
+            "evidence_stored",
+            key=document.key,
+            sha256=document.sha256,
+            size=document.size,
+            location=location,
+            replay=replay,
+            findings=len(material.findings),
+        )
+        return True
+
+    async def settle(self, run_id: str, *, deadline_passed: bool = False) -> None:
+        """Finalise the run if it can be, then publish its RunCompleted if that is still owed."""
+        state = await self.store.finalize_run(
+            run_id, datetime.now(UTC), deadline_passed=deadline_passed, gating=self._gating
+        )
+        if state is not None:
+            log.info("run_finalized", run_id=run_id, state=state.value, deadline_passed=deadline_passed)
+        await self.publish_completion(run_id)
+
+    async def publish_completion(self, run_id: str) -> None:
+        message = await self.store.pending_completion(run_id)
+        if message is None:
+            return
+        await publish_durable(
+            self.broker,
+            subjects.RUNS_COMPLETED,
+            message,
+            msg_id=f"completed:{run_id}",
+            stream=subjects.STREAM_RUNS,
+        )
+        await self.store.mark_published(run_id)
+        log.info(
+            "run_completed_published",
+            run_id=run_id,
+            request_id=message.request_id,
+            state=message.state.value,
+            missing=len(message.missing),
+            findings_total=message.findings_total,
+        )
+
+    async def sweep(self) -> None:
+        """Runs past their deadline become INCOMPLETE (or COMPLETE if all is in); owed completions are republished."""
+        for run_id in await self.store.overdue_runs(datetime.now(UTC)):
+            try:
+                await self.settle(run_id, deadline_passed=True)
+            except Exception as exc:
+                log.error("deadline_settle_failed", run_id=run_id, error=f"{type(exc).__name__}: {exc}")
+        for run_id in await self.store.unpublished_runs():
+            try:
+                await self.publish_completion(run_id)
+            except Exception as exc:
+                log.error("completion_publish_failed", run_id=run_id, error=f"{type(exc).__name__}: {exc}")
+
+    async def deadline_loop(self) -> None:
+        while True:
+            await self.sweep()
+            await asyncio.sleep(self.settings.deadline_poll_seconds)
+
+
+def create_evidence(
+    settings: Settings,
+    *,
+    url: str,
+    aws: AwsClients | None = None,
+    store: EvidenceStore | None = None,
+    uploader: Uploader | None = None,
+) -> tuple[ServiceApp, EvidenceService]:
+    """Build the evidence service (no I/O): its broker, subscribers, store and, with a bucket, its uploader.
+
+    `store` and `uploader` replace the defaults (tests inject failing wrappers this way).
+    """
+    broker = make_broker(url, name=SERVICE_NAME, settings=settings)
+    if store is None:
+        store = EvidenceStore(settings.effective_database_url)
+    if uploader is None and settings.evidence_bucket:
+        uploader = S3Uploader(aws or AwsClients(settings), settings, settings.evidence_bucket)
+    service = EvidenceService(settings=settings, broker=broker, store=store, uploader=uploader)
+
+    plans_spec = evidence_plans_consumer()
+    plans: Consumer[RunPlanned] = Consumer(
+        name=plans_spec.durable,
+        model=RunPlanned,
+        handler=service.handle_plan,
+        broker=broker,
+        settings=settings,
+        context=lambda p: {"run_id": p.run_id, "request_id": p.request_id},
+    )
+    findings_spec = evidence_findings_consumer()
+    chunks: Consumer[FindingsReported] = Consumer(
+        name=findings_spec.durable,
+        model=FindingsReported,
+        handler=service.handle_findings,
+        broker=broker,
+        settings=settings,
+        context=lambda c: {"run_id": c.run_id, "account_id": c.account_id, "service": c.service.value},
+    )
+
+    @durable_subscriber(broker, plans_spec, description="Stores each run's plan: the pairs the run must receive.")
+    async def on_run_planned(msg: NatsMessage) -> None:
+        await plans(msg)
+
+    @durable_subscriber(
+        broker, findings_spec, description="Stores findings chunks; uploads a pair's evidence after its last chunk."
+    )
+    async def on_findings_reported(msg: NatsMessage) -> None:
+        await chunks(msg)
+
+    # A core (non-JetStream) subscription: FastStream accepts only MANUAL there (any other policy warns), and a core
+    # message has nothing to ack. The reply is the handler's return value.
+    @broker.subscriber(
+        subjects.REPORT_REQUEST,
+        queue=REPORT_QUEUE,
+        ack_policy=AckPolicy.MANUAL,
+        title=f"{SERVICE_NAME}:{subjects.REPORT_REQUEST}",
+        description="Answers a ReportRequest with one ReportPage (run summary, services, one page of findings).",
+    )
+    async def on_report_request(msg: NatsMessage) -> bytes:
+        structlog.contextvars.clear_contextvars()
+        page = await service.reports.answer(msg.body)
+        return page.model_dump_json().encode()
+
+    app = ServiceApp(
+        name=SERVICE_NAME,
+        broker=broker,
+        url=url,
+        settings=settings,
+        on_start=[service.start],
+        background=[service.deadline_loop],
+        on_stop=[service.stop],
+    )
+    return app, service
+
+
+def create_service(
+    settings: Settings,
+    *,
+    url: str,
+    aws: AwsClients | None = None,
+    store: EvidenceStore | None = None,
+    uploader: Uploader | None = None,
+) -> ServiceApp:
+    """The evidence service as a `ServiceApp` (see `create_evidence` for the parameters)."""
+    app, _ = create_evidence(settings, url=url, aws=aws, store=store, uploader=uploader)
+    return app

@@ -1,0 +1,96 @@
+"""Report request/reply: `ReportRequest` bytes in, one `ReportPage` out, never an exception.
+
+Run selection: `run_id`, else `request_id`, else the latest run (among runs that planned `account_id` when given).
+Findings are ordered FAIL, ERROR, PASS, then check_id and resource_id.
+
+Reply size: a page must stay well under NATS's 1 MiB payload. When the requested page would exceed
+`REPLY_BUDGET_BYTES`, the reply carries fewer findings under a smaller page size that divides the requested one, so
+`page * page_size` (the offset) is unchanged: the reply's `page` and `page_size` are authoritative, and a client
+follows `next_page` with the reply's `page_size`.
+"""
+
+from __future__ import annotations
+
+import structlog
+from pydantic import ValidationError
+
+from services.evidence.store import EvidenceStore
+from shared.consume import validation_reason
+from shared.messages import Finding, ReportPage, ReportRequest, RunSummary
+
+log = structlog.get_logger(__name__)
+
+REPLY_BUDGET_BYTES = 768 * 1024
+
+
+class Reports:
+    def __init__(self, store: EvidenceStore, *, budget: int = REPLY_BUDGET_BYTES) -> None:
+        self._store = store
+        self._budget = budget
+
+    async def answer(self, body: bytes) -> ReportPage:
+        try:
+            request = ReportRequest.model_validate_json(body)
+        except ValidationError as exc:
+            reason = validation_reason(exc)
+            log.warning("report_request_invalid", reason=reason)
+            return ReportPage(ok=False, error=reason)
+        try:
+            return await self.page(request)
+        except Exception as exc:
+            log.error("report_failed", error=f"{type(exc).__name__}: {exc}", run_id=request.run_id)
+            return ReportPage(ok=False, error="the report could not be built; see the evidence service log")
+
+    async def page(self, request: ReportRequest) -> ReportPage:
+        by_id = request.run_id is not None or request.request_id is not None
+        run = await self._store.find_run(
+            run_id=request.run_id,
+            request_id=request.request_id,
+            account_id=None if by_id else request.account_id,  # the account narrows "latest" only
+        )
+        if run is None:
+            return ReportPage(ok=False, error=_not_found(request))
+        services = await self._store.service_results(run.run_id, request.account_id)
+        if request.account_id is not None and not services:
+            return ReportPage(ok=False, error=f"run {run.run_id} planned no checks for account {request.account_id}")
+        offset = request.page * request.page_size
+        total, findings = await self._store.findings_page(
+            run.run_id, account_id=request.account_id, offset=offset, limit=request.page_size
+        )
+        summary = RunSummary(
+            run_id=run.run_id,
+            request_id=run.request_id,
+            requested_by=run.requested_by,
+            requested_at=run.requested_at,
+            state=run.state,
+            completed_at=run.completed_at,
+            controls=run.controls,
+            missing=run.missing,
+        )
+        head = ReportPage(ok=True, run=summary, services=services, findings_total=total)
+        size = self._fitting_page_size(len(head.model_dump_json()), findings, request.page_size)
+        if size != request.page_size:
+            log.info("report_page_shrunk", run_id=run.run_id, requested=request.page_size, page_size=size)
+        page = offset // size
+        shown = findings[:size]
+        next_page = page + 1 if (page + 1) * size < total else None
+        log.debug("report_served", run_id=run.run_id, page=page, findings=len(shown), findings_total=total)
+        return head.model_copy(update={"findings": shown, "page": page, "page_size": size, "next_page": next_page})
+
+    def _fitting_page_size(self, head_bytes: int, findings: list[Finding], requested: int) -> int:
+        """The largest divisor of `requested` whose first findings fit the budget (at least 1)."""
+        sizes = [len(f.model_dump_json()) + 1 for f in findings]
+        for size in range(requested, 0, -1):
+            if requested % size == 0 and head_bytes + sum(sizes[:size]) + 64 <= self._budget:
+                return size
+        return 1
+
+
+def _not_found(request: ReportRequest) -> str:
+    if request.run_id is not None:
+        return f"unknown run {request.run_id}"
+    if request.request_id is not None:
+        return f"no run for request {request.request_id}"
+    if request.account_id is not None:
+        return f"no run has checked account {request.account_id} yet"
+    return "no run has been recorded yet"

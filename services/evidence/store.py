@@ -1,0 +1,702 @@
+"""The evidence database: runs, their planned (account, service) pairs, received chunks, findings and evidence
+documents. One SQLAlchemy 2 async code path for SQLite (aiosqlite) and PostgreSQL (asyncpg).
+
+Every insert is idempotent (`INSERT … ON CONFLICT DO NOTHING` / `DO UPDATE … WHERE`), so a redelivered message
+changes nothing. Findings chunks may arrive before their run's plan (different consumers): they are stored anyway.
+A run is finalised (COMPLETE / INCOMPLETE) by one conditional UPDATE (`WHERE state = 'RUNNING'`), so two handlers
+racing to complete it cannot both win.
+
+SQLite runs in WAL mode with `synchronous=FULL`, and every write transaction starts with `BEGIN IMMEDIATE` (the
+write lock is taken up front, so a read-then-write transaction never fails on lock upgrade; a lock held too long
+surfaces as "database is locked", a transient error).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Column,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    and_,
+    case,
+    event,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.types import TypeDecorator
+
+from shared.controls import StatusCount, control_verdicts
+from shared.messages import (
+    ControlVerdict,
+    Finding,
+    FindingsReported,
+    PlannedCheck,
+    RunCompleted,
+    RunPlanned,
+    RunState,
+    Service,
+    ServiceResult,
+    Soc2Control,
+    Status,
+)
+
+log = structlog.get_logger(__name__)
+
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+_READONLY = "kushim_readonly"
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on both backends (SQLite stores them naive, always in UTC)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: Kushim stores timezone-aware UTC datetimes only")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+metadata = MetaData()
+
+runs = Table(
+    "evidence_runs",
+    metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("request_id", String(128), nullable=False, index=True),
+    Column("requested_by", Text, nullable=False),
+    Column("requested_at", UtcDateTime, nullable=False, index=True),
+    Column("planned_at", UtcDateTime, nullable=False),
+    Column("deadline_at", UtcDateTime, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("completed_at", UtcDateTime),
+    Column("controls", JSON),
+    Column("missing", JSON),
+    Column("findings_total", Integer),
+    Column("findings_by_status", JSON),
+    Column("completion_published", Boolean, nullable=False, default=False),
+)
+Index("ix_evidence_runs_state_deadline", runs.c.state, runs.c.deadline_at)
+
+pairs = Table(
+    "evidence_pairs",
+    metadata,
+    Column("run_id", String(64), nullable=False),
+    Column("account_id", String(12), nullable=False),
+    Column("service", String(16), nullable=False),
+    Column("planned", Boolean, nullable=False, default=False),
+    Column("attempt", Integer),
+    Column("chunk_count", Integer),
+    Column("population", JSON),
+    Column("metrics", JSON),
+    Column("api_calls", JSON),
+    Column("regions", JSON),
+    Column("collector_version", String(64)),
+    Column("started_at", UtcDateTime),
+    Column("finished_at", UtcDateTime),
+    Column("evidence_key", Text),
+    Column("evidence_sha256", String(64)),
+    Column("evidence_size", Integer),
+    Column("evidence_location", Text),
+    Column("evidence_version_id", Text),
+    Column("evidence_done_at", UtcDateTime),
+    PrimaryKeyConstraint("run_id", "account_id", "service"),
+)
+
+chunks = Table(
+    "evidence_chunks",
+    metadata,
+    Column("run_id", String(64), nullable=False),
+    Column("account_id", String(12), nullable=False),
+    Column("service", String(16), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("chunk_index", Integer, nullable=False),
+    Column("chunk_count", Integer, nullable=False),
+    Column("finding_count", Integer, nullable=False),
+    Column("stored_at", UtcDateTime, nullable=False),
+    PrimaryKeyConstraint("run_id", "account_id", "service", "attempt", "chunk_index"),
+)
+
+findings = Table(
+    "evidence_findings",
+    metadata,
+    Column("finding_id", String(64), primary_key=True),
+    Column("run_id", String(64), nullable=False),
+    Column("account_id", String(12), nullable=False),
+    Column("service", String(16), nullable=False),
+    Column("region", String(64), nullable=False),
+    Column("control", String(16), nullable=False),
+    Column("check_id", String(128), nullable=False),
+    Column("resource_type", String(128), nullable=False),
+    Column("resource_arn", Text),
+    Column("resource_id", Text, nullable=False),
+    Column("status", String(8), nullable=False),
+    Column("severity", String(16), nullable=False),
+    Column("title", Text, nullable=False),
+    Column("summary", Text, nullable=False),
+    Column("details", JSON, nullable=False),
+    Column("remediation", Text, nullable=False),
+    Column("observed_at", UtcDateTime, nullable=False),
+    Column("collector_version", String(64), nullable=False),
+)
+# Leading run_id: serves the per-run report and counts as well as the per-pair evidence document.
+Index("ix_evidence_findings_run_id", findings.c.run_id, findings.c.account_id, findings.c.service)
+
+documents = Table(
+    "evidence_documents",
+    metadata,
+    Column("run_id", String(64), nullable=False),
+    Column("account_id", String(12), nullable=False),
+    Column("service", String(16), nullable=False),
+    Column("key", Text, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    PrimaryKeyConstraint("run_id", "account_id", "service"),
+)
+
+PAIR_KEY = ("run_id", "account_id", "service")
+_PAIR_METADATA = (
+    "attempt",
+    "chunk_count",
+    "population",
+    "metrics",
+    "api_calls",
+    "regions",
+    "collector_version",
+    "started_at",
+    "finished_at",
+)
+_FINAL_STATES = (RunState.COMPLETE.value, RunState.INCOMPLETE.value)
+_STATUS_RANK = case((findings.c.status == Status.FAIL.value, 0), (findings.c.status == Status.ERROR.value, 1), else_=2)
+
+
+@dataclass(frozen=True, slots=True)
+class PairKey:
+    run_id: str
+    account_id: str
+    service: Service
+
+
+@dataclass(frozen=True, slots=True)
+class PairProgress:
+    """Where one (run, account, service) stands after a chunk was stored."""
+
+    chunk_count: int
+    received: int
+    evidence_done: bool
+
+    @property
+    def all_received(self) -> bool:
+        return self.received >= self.chunk_count
+
+
+@dataclass(frozen=True, slots=True)
+class PairMaterial:
+    """Everything an evidence document is built from: the run's identity and dates, the pair's summary, findings."""
+
+    run_id: str
+    request_id: str
+    requested_at: datetime
+    account_id: str
+    service: Service
+    collector_version: str
+    population: dict[str, int]
+    metrics: dict[str, float]
+    api_calls: dict[str, int]
+    regions: list[str]
+    started_at: datetime
+    finished_at: datetime
+    findings: list[Finding]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredRun:
+    run_id: str
+    request_id: str
+    requested_by: str
+    requested_at: datetime
+    state: RunState
+    completed_at: datetime | None
+    controls: dict[Soc2Control, ControlVerdict]
+    missing: list[PlannedCheck]
+
+
+class EvidenceStore:
+    """The evidence database. Construction does no I/O; `create_schema()` connects and creates the tables."""
+
+    def __init__(self, url: str) -> None:
+        parsed = make_url(url)
+        self._dialect = parsed.get_backend_name()
+        if self._dialect not in ("sqlite", "postgresql"):
+            raise ValueError(f"unsupported database {self._dialect!r}: use sqlite+aiosqlite or postgresql+asyncpg")
+        in_file = self._dialect == "sqlite" and parsed.database not in (None, "", ":memory:")
+        self._sqlite_path = Path(parsed.database) if in_file and parsed.database else None
+        if self._dialect == "sqlite":
+            self._engine = create_async_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+            _configure_sqlite(self._engine)
+        else:
+            self._engine = create_async_engine(parsed, pool_pre_ping=True)
+        self._reader = self._engine.execution_options(**{_READONLY: True})
+
+    @property
+    def engine(self) -> AsyncEngine:
+        return self._engine
+
+    @property
+    def dialect(self) -> str:
+        return self._dialect
+
+    async def create_schema(self) -> None:
+        if self._sqlite_path is not None:
+            self._sqlite_path.parent.mkdir(parents=True, exist_ok=True)
+        async with self._engine.begin() as conn:
+            await conn.run_sync(metadata.create_all)
+        log.info("evidence_store_ready", dialect=self._dialect)
+
+    async def close(self) -> None:
+        await self._engine.dispose()
+
+    def _insert(self, table: Table) -> Any:
+        """The dialect's INSERT, which has `on_conflict_do_nothing` / `on_conflict_do_update`."""
+        if self._dialect == "postgresql":
+            return postgresql.insert(table)
+        return sqlite.insert(table)
+
+    # --- writes -------------------------------------------------------------------------------
+
+    async def save_plan(self, plan: RunPlanned) -> None:
+        """Store the run and mark its expected pairs as planned (a pair may already exist from an early chunk)."""
+        expected = sorted({(p.account_id, p.service.value) for p in plan.expected})
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                self._insert(runs)
+                .values(
+                    run_id=plan.run_id,
+                    request_id=plan.request_id,
+                    requested_by=plan.requested_by,
+                    requested_at=plan.requested_at,
+                    planned_at=plan.planned_at,
+                    deadline_at=plan.deadline_at,
+                    state=RunState.RUNNING.value,
+                    completion_published=False,
+                )
+                .on_conflict_do_nothing(index_elements=["run_id"])
+            )
+            stmt = self._insert(pairs)
+            stmt = stmt.on_conflict_do_update(index_elements=list(PAIR_KEY), set_={"planned": True})
+            await conn.execute(
+                stmt,
+                [{"run_id": plan.run_id, "account_id": a, "service": s, "planned": True} for a, s in expected],
+            )
+
+    async def save_chunk(self, chunk: FindingsReported, now: datetime) -> PairProgress:
+        """Store one chunk in one transaction: its findings, its chunk row and the pair's summary (first wins)."""
+        key = {"run_id": chunk.run_id, "account_id": chunk.account_id, "service": chunk.service.value}
+        async with self._engine.begin() as conn:
+            stmt = self._insert(pairs).values(
+                **key,
+                planned=False,
+                attempt=chunk.attempt,
+                chunk_count=chunk.chunk_count,
+                population=chunk.population,
+                metrics=chunk.metrics,
+                api_calls=chunk.api_calls,
+                regions=chunk.regions,
+                collector_version=chunk.collector_version,
+                started_at=chunk.started_at,
+                finished_at=chunk.finished_at,
+            )
+            stmt = stmt.on_conflict_do_update(
+                index_elements=list(PAIR_KEY),
+                set_={name: stmt.excluded[name] for name in _PAIR_METADATA},
+                # The first chunk sets the pair's summary; a later scan attempt (an earlier one failed part-way)
+                # replaces it until the evidence is written, so one attempt's complete set is what counts.
+                where=or_(
+                    pairs.c.chunk_count.is_(None),
+                    and_(pairs.c.evidence_done_at.is_(None), pairs.c.attempt < stmt.excluded.attempt),
+                ),
+            )
+            await conn.execute(stmt)
+            await conn.execute(
+                self._insert(chunks)
+                .values(
+                    **key,
+                    attempt=chunk.attempt,
+                    chunk_index=chunk.chunk_index,
+                    chunk_count=chunk.chunk_count,
+                    finding_count=len(chunk.findings),
+                    stored_at=now,
+                )
+                .on_conflict_do_nothing(index_elements=[*PAIR_KEY, "attempt", "chunk_index"])
+            )
+            if chunk.findings:
+                await conn.execute(
+                    self._insert(findings).on_conflict_do_nothing(index_elements=["finding_id"]),
+                    [_finding_row(f) for f in chunk.findings],
+                )
+            return await self._progress(conn, key)
+
+    async def _progress(self, conn: AsyncConnection, key: Mapping[str, str]) -> PairProgress:
+        where = _pair_where(pairs, key)
+        pair = (
+            await conn.execute(select(pairs.c.attempt, pairs.c.chunk_count, pairs.c.evidence_done_at).where(where))
+        ).one()
+        received = await conn.scalar(
+            select(func.count())
+            .select_from(chunks)
+            .where(_pair_where(chunks, key), chunks.c.attempt == pair.attempt, chunks.c.chunk_index < pair.chunk_count)
+        )
+        return PairProgress(pair.chunk_count, int(received or 0), pair.evidence_done_at is not None)
+
+    async def save_evidence(
+        self, pair: PairKey, *, key: str, body: bytes, sha256: str, location: str, version_id: str | None, now: datetime
+    ) -> None:
+        """Keep the document in the database and record where it lives; the first record wins."""
+        ident = {"run_id": pair.run_id, "account_id": pair.account_id, "service": pair.service.value}
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                self._insert(documents)
+                .values(**ident, key=key, sha256=sha256, size=len(body), body=body, created_at=now)
+                .on_conflict_do_nothing(index_elements=list(PAIR_KEY))
+            )
+            await conn.execute(
+                update(pairs)
+                .where(_pair_where(pairs, ident), pairs.c.evidence_done_at.is_(None))
+                .values(
+                    evidence_key=key,
+                    evidence_sha256=sha256,
+                    evidence_size=len(body),
+                    evidence_location=location,
+                    evidence_version_id=version_id,
+                    evidence_done_at=now,
+                )
+            )
+
+    async def finalize_run(
+        self, run_id: str, now: datetime, *, deadline_passed: bool, gating: Mapping[str, bool]
+    ) -> RunState | None:
+        """COMPLETE when every planned pair has its evidence; INCOMPLETE when the deadline passed first.
+
+        Returns the new state, or None when the run is unknown, already final, or still waiting.
+        """
+        async with self._engine.begin() as conn:
+            state = await conn.scalar(select(runs.c.state).where(runs.c.run_id == run_id))
+            if state != RunState.RUNNING.value:
+                return None
+            rows = (
+                await conn.execute(
+                    select(pairs.c.account_id, pairs.c.service, pairs.c.evidence_done_at)
+                    .where(pairs.c.run_id == run_id, pairs.c.planned.is_(True))
+                    .order_by(pairs.c.account_id, pairs.c.service)
+                )
+            ).all()
+            missing = [
+                PlannedCheck(account_id=r.account_id, service=Service(r.service))
+                for r in rows
+                if r.evidence_done_at is None
+            ]
+            if missing and not deadline_passed:
+                return None
+            counts = await self._status_counts(conn, run_id)
+            verdicts = control_verdicts(counts, {Service(r.service) for r in rows}, missing, gating)
+            by_status = {s.value: 0 for s in Status}
+            for row in counts:
+                by_status[row.status.value] += row.count
+            new_state = RunState.INCOMPLETE if missing else RunState.COMPLETE
+            result = await conn.execute(
+                update(runs)
+                .where(runs.c.run_id == run_id, runs.c.state == RunState.RUNNING.value)
+                .values(
+                    state=new_state.value,
+                    completed_at=now,
+                    controls={c.value: v.model_dump(mode="json") for c, v in sorted(verdicts.items())},
+                    missing=[m.model_dump(mode="json") for m in missing],
+                    findings_total=sum(by_status.values()),
+                    findings_by_status=by_status,
+                    completion_published=False,
+                )
+            )
+            return new_state if result.rowcount == 1 else None
+
+    @staticmethod
+    async def _status_counts(conn: AsyncConnection, run_id: str) -> list[StatusCount]:
+        rows = await conn.execute(
+            select(findings.c.check_id, findings.c.status, func.count().label("n"))
+            .where(findings.c.run_id == run_id)
+            .group_by(findings.c.check_id, findings.c.status)
+            .order_by(findings.c.check_id, findings.c.status)
+        )
+        return [StatusCount(r.check_id, Status(r.status), int(r.n)) for r in rows]
+
+    async def mark_published(self, run_id: str) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(update(runs).where(runs.c.run_id == run_id).values(completion_published=True))
+
+    # --- reads --------------------------------------------------------------------------------
+
+    async def ready_pairs(self, run_id: str) -> list[PairKey]:
+        """Pairs of a run whose chunks are all stored and whose evidence is not yet done."""
+        join = and_(
+            *(getattr(chunks.c, k) == getattr(pairs.c, k) for k in PAIR_KEY),
+            chunks.c.attempt == pairs.c.attempt,
+            chunks.c.chunk_index < pairs.c.chunk_count,
+        )
+        query = (
+            select(pairs.c.account_id, pairs.c.service)
+            .select_from(pairs.join(chunks, join))
+            .where(pairs.c.run_id == run_id, pairs.c.evidence_done_at.is_(None))
+            .group_by(pairs.c.account_id, pairs.c.service, pairs.c.chunk_count)
+            .having(func.count() >= pairs.c.chunk_count)
+            .order_by(pairs.c.account_id, pairs.c.service)
+        )
+        async with self._reader.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [PairKey(run_id, r.account_id, Service(r.service)) for r in rows]
+
+    async def pair_material(self, pair: PairKey) -> PairMaterial | None:
+        """What the pair's evidence document is built from; None while the run's plan is not stored."""
+        ident = {"run_id": pair.run_id, "account_id": pair.account_id, "service": pair.service.value}
+        async with self._reader.connect() as conn:
+            run = (
+                await conn.execute(select(runs.c.request_id, runs.c.requested_at).where(runs.c.run_id == pair.run_id))
+            ).one_or_none()
+            if run is None:
+                return None
+            meta = (await conn.execute(select(pairs).where(_pair_where(pairs, ident)))).one()
+            rows = await conn.execute(
+                select(findings)
+                .where(_pair_where(findings, ident))
+                .order_by(findings.c.check_id, findings.c.resource_id, findings.c.finding_id)
+            )
+            found = [_finding(r._mapping) for r in rows]
+        return PairMaterial(
+            run_id=pair.run_id,
+            request_id=run.request_id,
+            requested_at=run.requested_at,
+            account_id=pair.account_id,
+            service=pair.service,
+            collector_version=meta.collector_version,
+            population=dict(meta.population or {}),
+            metrics=dict(meta.metrics or {}),
+            api_calls=dict(meta.api_calls or {}),
+            regions=list(meta.regions or []),
+            started_at=meta.started_at,
+            finished_at=meta.finished_at,
+            findings=found,
+        )
+
+    async def overdue_runs(self, now: datetime) -> list[str]:
+        query = (
+            select(runs.c.run_id)
+            .where(runs.c.state == RunState.RUNNING.value, runs.c.deadline_at <= now)
+            .order_by(runs.c.deadline_at)
+        )
+        async with self._reader.connect() as conn:
+            return list((await conn.scalars(query)).all())
+
+    async def unpublished_runs(self) -> list[str]:
+        query = (
+            select(runs.c.run_id)
+            .where(runs.c.state.in_(_FINAL_STATES), runs.c.completion_published.is_(False))
+            .order_by(runs.c.completed_at)
+        )
+        async with self._reader.connect() as conn:
+            return list((await conn.scalars(query)).all())
+
+    async def pending_completion(self, run_id: str) -> RunCompleted | None:
+        """The RunCompleted of a finalised run whose completion was not yet published, rebuilt from the row."""
+        query = select(runs).where(
+            runs.c.run_id == run_id, runs.c.state.in_(_FINAL_STATES), runs.c.completion_published.is_(False)
+        )
+        async with self._reader.connect() as conn:
+            row = (await conn.execute(query)).one_or_none()
+        if row is None:
+            return None
+        return RunCompleted(
+            run_id=row.run_id,
+            request_id=row.request_id,
+            state=RunState.COMPLETE if row.state == RunState.COMPLETE.value else RunState.INCOMPLETE,
+            controls=row.controls or {},
+            missing=row.missing or [],
+            findings_total=row.findings_total or 0,
+            findings_by_status=row.findings_by_status or {},
+            completed_at=row.completed_at,
+        )
+
+    async def find_run(
+        self, *, run_id: str | None = None, request_id: str | None = None, account_id: str | None = None
+    ) -> StoredRun | None:
+        """A run by id, by request id, or the latest one (optionally among runs that planned `account_id`)."""
+        query = select(runs)
+        if run_id is not None:
+            query = query.where(runs.c.run_id == run_id)
+        if request_id is not None:
+            query = query.where(runs.c.request_id == request_id)
+        if account_id is not None:
+            query = query.where(
+                select(pairs.c.run_id)
+                .where(pairs.c.run_id == runs.c.run_id, pairs.c.account_id == account_id, pairs.c.planned.is_(True))
+                .exists()
+            )
+        query = query.order_by(runs.c.requested_at.desc(), runs.c.planned_at.desc(), runs.c.run_id.desc()).limit(1)
+        async with self._reader.connect() as conn:
+            row = (await conn.execute(query)).one_or_none()
+        if row is None:
+            return None
+        return StoredRun(
+            run_id=row.run_id,
+            request_id=row.request_id,
+            requested_by=row.requested_by,
+            requested_at=row.requested_at,
+            state=RunState(row.state),
+            completed_at=row.completed_at,
+            controls={Soc2Control(k): ControlVerdict.model_validate(v) for k, v in (row.controls or {}).items()},
+            missing=[PlannedCheck.model_validate(m) for m in row.missing or []],
+        )
+
+    async def service_results(self, run_id: str, account_id: str | None = None) -> list[ServiceResult]:
+        """One result per planned pair of the run: its summary and where its evidence lives."""
+        query = select(pairs).where(pairs.c.run_id == run_id, pairs.c.planned.is_(True))
+        if account_id is not None:
+            query = query.where(pairs.c.account_id == account_id)
+        async with self._reader.connect() as conn:
+            rows = (await conn.execute(query.order_by(pairs.c.account_id, pairs.c.service))).all()
+        return [
+            ServiceResult(
+                account_id=r.account_id,
+                service=Service(r.service),
+                complete=r.evidence_done_at is not None,
+                population=r.population or {},
+                metrics=r.metrics or {},
+                api_calls=r.api_calls or {},
+                evidence_key=r.evidence_key,
+                evidence_sha256=r.evidence_sha256,
+                evidence_location=r.evidence_location,
+            )
+            for r in rows
+        ]
+
+    async def findings_page(
+        self, run_id: str, *, account_id: str | None, offset: int, limit: int
+    ) -> tuple[int, list[Finding]]:
+        """The total and one slice of a run's findings: FAIL, ERROR, PASS, then check_id and resource_id."""
+        where = [findings.c.run_id == run_id]
+        if account_id is not None:
+            where.append(findings.c.account_id == account_id)
+        query = (
+            select(findings)
+            .where(*where)
+            .order_by(
+                _STATUS_RANK,
+                findings.c.check_id,
+                findings.c.resource_id,
+                findings.c.account_id,
+                findings.c.finding_id,
+            )
+            .offset(offset)
+            .limit(limit)
+        )
+        async with self._reader.connect() as conn:
+            total = await conn.scalar(select(func.count()).select_from(findings).where(*where))
+            rows = await conn.execute(query)
+            page = [_finding(r._mapping) for r in rows]
+        return int(total or 0), page
+
+    async def count_rows(self, run_id: str) -> dict[str, int]:
+        """Rows per table for one run (operators' sanity checks and tests)."""
+        result: dict[str, int] = {}
+        async with self._reader.connect() as conn:
+            for table in (runs, pairs, chunks, findings, documents):
+                n = await conn.scalar(select(func.count()).select_from(table).where(table.c.run_id == run_id))
+                result[table.name] = int(n or 0)
+        return result
+
+    async def evidence_body(self, pair: PairKey) -> bytes | None:
+        ident = {"run_id": pair.run_id, "account_id": pair.account_id, "service": pair.service.value}
+        async with self._reader.connect() as conn:
+            body = await conn.scalar(select(documents.c.body).where(_pair_where(documents, ident)))
+        return bytes(body) if body is not None else None
+
+
+def _pair_where(table: Table, key: Mapping[str, str]) -> Any:
+    return and_(*(table.c[name] == key[name] for name in PAIR_KEY))
+
+
+def _finding_row(finding: Finding) -> dict[str, Any]:
+    return {
+        "finding_id": finding.finding_id,
+        "run_id": finding.run_id,
+        "account_id": finding.account_id,
+        "service": finding.service.value,
+        "region": finding.region,
+        "control": finding.control.value,
+        "check_id": finding.check_id,
+        "resource_type": finding.resource_type,
+        "resource_arn": finding.resource_arn,
+        "resource_id": finding.resource_id,
+        "status": finding.status.value,
+        "severity": finding.severity.value,
+        "title": finding.title,
+        "summary": finding.summary,
+        "details": finding.details,
+        "remediation": finding.remediation,
+        "observed_at": finding.observed_at,
+        "collector_version": finding.collector_version,
+    }
+
+
+def _finding(row: Mapping[Any, Any]) -> Finding:
+    return Finding.model_validate(dict(row))
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    """WAL, synchronous=FULL and a busy timeout on every connection; BEGIN IMMEDIATE for write transactions."""
+
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself (below)
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        readonly = conn.get_execution_options().get(_READONLY, False)
+        conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
