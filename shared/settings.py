@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
+from croniter import croniter
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -110,6 +111,13 @@ class Settings(BaseSettings):
         description="AWS_S3_BUCKET_NAME: evidence bucket (kushim-evidence-storage-*); unset: evidence stays in the "
         "database.",
     )
+
+    @field_validator("schedule")
+    @classmethod
+    def _valid_cron(cls, value: str) -> str:
+        if not croniter.is_valid(value):
+            raise ValueError(f"{value!r} is not a valid 5-field cron expression (minute hour day month weekday)")
+        return value
 
     @field_validator("regions", mode="before")
     @classmethod

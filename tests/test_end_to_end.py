@@ -216,3 +216,24 @@ async def test_kushim_up_then_check_against_aws_endpoint_url(moto_endpoint: str,
     assert not (home / "state.json").exists()
     assert PLANTED_SECRET not in up_err.decode()
     assert "AKIAPLANTEDE2E000001" not in up_err.decode()
+
+
+async def test_up_without_credentials_refuses_to_start(tmp_path: Path) -> None:
+    env = cli_env(KUSHIM_HOME=str(tmp_path / "home"), AWS_EC2_METADATA_DISABLED="true")
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
+        env.pop(key, None)
+    code, _, err = await _kushim("up", env=env, timeout=60)
+    assert code == EXIT_COULD_NOT_RUN
+    assert "no AWS credentials found" in err
+
+
+async def test_up_with_a_missing_evidence_bucket_refuses_to_start(moto_endpoint: str, tmp_path: Path) -> None:
+    env = cli_env(
+        KUSHIM_HOME=str(tmp_path / "home"),
+        AWS_ENDPOINT_URL=moto_endpoint,
+        AWS_S3_BUCKET_NAME="kushim-evidence-storage-missing",
+    )
+    code, _, err = await _kushim("up", env=env, timeout=60)
+    assert code == EXIT_COULD_NOT_RUN
+    assert "kushim-evidence-storage-missing" in err
+    assert not (tmp_path / "home" / "state.json").exists()

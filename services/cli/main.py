@@ -194,9 +194,17 @@ def up() -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        from services.cli.stack import running_stack
+        from services.cli.stack import PreflightError, preflight, running_stack
+        from shared.aws import AwsClients
 
-        async with running_stack(settings) as stack:
+        aws = AwsClients(settings)
+        try:
+            account = await preflight(settings, aws)
+        except PreflightError as exc:
+            err.print(f"[red]Kushim could not start:[/red] {exc}")
+            raise typer.Exit(render.EXIT_COULD_NOT_RUN) from None
+        err.print(f"Checking AWS account {account} (region {settings.aws_region}).")
+        async with running_stack(settings, aws=aws) as stack:
             state = write_state(settings.home, stack.url)
             err.print(
                 f"[green]Kushim is up[/green]: broker {stack.url}, database {settings.effective_database_url}, "
@@ -210,6 +218,8 @@ def up() -> None:
 
     try:
         asyncio.run(main())
+    except typer.Exit:
+        raise
     except Exception as exc:
         err.print(f"[red]Kushim could not start:[/red] {type(exc).__name__}: {exc}")
         raise typer.Exit(render.EXIT_COULD_NOT_RUN) from None
@@ -241,6 +251,8 @@ def serve(
 
     try:
         asyncio.run(main())
+    except typer.Exit:
+        raise
     except Exception as exc:
         err.print(f"[red]{service} could not start:[/red] {type(exc).__name__}: {exc}")
         raise typer.Exit(render.EXIT_COULD_NOT_RUN) from None

@@ -17,7 +17,7 @@ from services.collector_iam.app import create_service as create_iam
 from services.collector_s3.app import create_service as create_s3
 from services.evidence.app import create_service as create_evidence
 from services.scheduler.app import create_service as create_scheduler
-from shared.aws import AwsClients
+from shared.aws import AwsClients, classify_error
 from shared.embedded import EmbeddedNats, start_nats
 from shared.service import ServiceApp
 from shared.settings import Settings
@@ -74,3 +74,21 @@ async def running_stack(
                 log.error("service_stop_failed", service=app.name, error=str(exc))
         if embedded is not None:
             embedded.stop()
+
+
+class PreflightError(Exception):
+    """The stack cannot work with these settings; the message says what to change."""
+
+
+async def preflight(settings: Settings, aws: AwsClients) -> str:
+    """Before starting anything: which account do these credentials belong to? (sts:GetCallerIdentity)"""
+    try:
+        return await aws.caller_account()
+    except Exception as exc:
+        err = classify_error("sts", "GetCallerIdentity", exc)
+        if err.code == "NoCredentials":
+            raise PreflightError(
+                "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, "
+                "or run where an IAM role is available (IRSA / Pod Identity / instance profile)"
+            ) from None
+        raise PreflightError(f"cannot identify the AWS account: {err.describe()}") from None

@@ -7,7 +7,7 @@ import asyncio
 import structlog
 from faststream.nats import NatsMessage
 
-from services.scheduler.cron import CronLoop, validate_schedule
+from services.scheduler.cron import CronLoop
 from services.scheduler.planner import Planner
 from shared.aws import AwsClients
 from shared.consume import Consumer
@@ -37,7 +37,6 @@ class CallerAccount:
 
 
 def create_service(settings: Settings, *, url: str, aws: AwsClients | None = None) -> ServiceApp:
-    validate_schedule(settings.schedule)
     broker = make_broker(url, name="scheduler", settings=settings)
     accounts = CallerAccount(aws or AwsClients(settings))
     planner = Planner(broker=broker, settings=settings, known_accounts=accounts)

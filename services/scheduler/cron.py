@@ -18,16 +18,6 @@ from shared.nats import publish_durable
 log = structlog.get_logger(__name__)
 
 
-class InvalidSchedule(ValueError):
-    pass
-
-
-def validate_schedule(expression: str) -> str:
-    if not croniter.is_valid(expression):
-        raise InvalidSchedule(f"KUSHIM_SCHEDULE {expression!r} is not a valid 5-field cron expression")
-    return expression
-
-
 def next_slot(expression: str, after: datetime) -> datetime:
     """The first slot strictly after `after`, in UTC."""
     return croniter(expression, after.astimezone(UTC)).get_next(datetime).astimezone(UTC)
@@ -50,7 +40,7 @@ class CronLoop:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._broker = broker
-        self._expression = validate_schedule(expression)
+        self._expression = expression
         self._clock = clock
 
     async def publish_slot(self, slot: datetime) -> None:
