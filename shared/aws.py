@@ -113,13 +113,16 @@ def error_code(exc: BaseException) -> str | None:
 
 @dataclass(slots=True, eq=False)
 class ApiCallCounter:
-    """Counts AWS API calls by `service:Operation` (attempts, including retries), through botocore's event hooks."""
+    """Counts AWS API requests by `service:Operation`, every attempt included (botocore's retries are requests
+    too), through botocore's `before-send` event."""
 
     counts: Counter[str] = field(default_factory=Counter)
 
-    def __call__(self, *, model: Any = None, **_: Any) -> None:
-        if model is not None:
-            self.counts[f"{model.service_model.service_name}:{model.name}"] += 1
+    def __call__(self, *, event_name: str = "", **_: Any) -> None:
+        # event_name is "before-send.<service>.<Operation>"; returning None lets the request go out.
+        parts = event_name.split(".")
+        if len(parts) >= 3:
+            self.counts[f"{parts[1]}:{parts[2]}"] += 1
 
     def snapshot(self) -> dict[str, int]:
         return dict(sorted(self.counts.items()))
@@ -182,7 +185,7 @@ class AwsClients:
             service, region_name=region, config=self._config, endpoint_url=self._settings.aws_endpoint_url
         ) as client:
             if counter is not None:
-                client.meta.events.register("before-call.*.*", counter)
+                client.meta.events.register("before-send.*.*", counter)
             yield client
 
     async def caller_account(self) -> str:

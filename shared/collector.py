@@ -144,7 +144,7 @@ def register_collector(
     runtime = CollectorRuntime(spec, broker=broker, aws=aws, settings=settings, guard=AccountGuard(aws))
     consumer_spec = collector_consumer(spec.service)
     consumer: Consumer[CheckRequested] = Consumer(
-        name=consumer_spec.durable,
+        spec=consumer_spec,
         model=CheckRequested,
         handler=runtime.handle,
         broker=broker,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,9 +26,9 @@ from faststream.nats import NatsBroker, NatsMessage
 from pydantic import BaseModel, ValidationError
 
 from shared import subjects
-from shared.log import redact_text
+from shared.log import redact_value
 from shared.messages import DeadLetter
-from shared.nats import publish_durable
+from shared.nats import ConsumerSpec, publish_durable
 from shared.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -55,9 +56,46 @@ def validation_reason(exc: ValidationError) -> str:
     return "invalid message: " + "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
 
 
+SAFE_EXCERPT_KEYS = frozenset(
+    {
+        "schema_version",
+        "request_id",
+        "run_id",
+        "account_id",
+        "accounts",
+        "service",
+        "services",
+        "requested_by",
+        "requested_at",
+        "regions",
+        "chunk_index",
+        "chunk_count",
+        "attempt",
+        "page",
+        "page_size",
+    }
+)
+
+
 def excerpt(body: bytes) -> str:
-    text = body[:PAYLOAD_EXCERPT_BYTES].decode("utf-8", errors="replace")
-    return redact_text(text)
+    """What a dead letter keeps of a payload: the values of known, harmless fields, and for every other field only
+    its name and size. Outside input may carry anything (keys, passwords, tokens), and dead letters are kept long."""
+    digest = hashlib.sha256(body).hexdigest()[:16]
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return f"<{len(body)} bytes, not JSON, sha256 {digest}>"
+    if not isinstance(data, dict):
+        return f"<{len(body)} bytes of JSON {type(data).__name__}, sha256 {digest}>"
+    kept: dict[str, object] = {}
+    for key, value in list(data.items())[:50]:
+        name = str(key)[:64]
+        size = len(json.dumps(value, default=str))
+        if name in SAFE_EXCERPT_KEYS and size <= 256:
+            kept[name] = redact_value(name, value)
+        else:
+            kept[name] = f"<redacted: {size} chars>"
+    return json.dumps({"sha256": digest, "bytes": len(body), "fields": kept})[:PAYLOAD_EXCERPT_BYTES]
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,7 +175,7 @@ class Consumer(Generic[M]):
     def __init__(
         self,
         *,
-        name: str,
+        spec: ConsumerSpec,
         model: type[M],
         handler: Handler[M],
         broker: NatsBroker,
@@ -146,14 +184,15 @@ class Consumer(Generic[M]):
         on_exhausted: OnExhausted[M] | None = None,
         context: Callable[[M], dict[str, object]] | None = None,
     ) -> None:
-        self.name = name
+        self.name = spec.durable
         self._model = model
         self._handler = handler
         self._settings = settings
-        self._dead_letters = DeadLetters(broker, name)
+        self._dead_letters = DeadLetters(broker, spec.durable)
         self._on_rejected = on_rejected
         self._on_exhausted = on_exhausted
         self._context = context
+        self._retry_forever = spec.retry_forever
 
     async def __call__(self, msg: NatsMessage) -> None:
         body: bytes = msg.body
@@ -169,7 +208,10 @@ class Consumer(Generic[M]):
             if self._context is not None:
                 structlog.contextvars.bind_contextvars(**self._context(payload))
             try:
-                async with keep_alive(msg, max(1.0, self._settings.ack_wait_seconds / 3)):
+                async with (
+                    keep_alive(msg, max(1.0, self._settings.ack_wait_seconds / 3)),
+                    asyncio.timeout(self._settings.handler_timeout_seconds),
+                ):
                     await self._handler(payload, delivery, msg)
             except Rejected as exc:
                 await self._reject(msg, delivery, body, exc.reason)
@@ -194,10 +236,12 @@ class Consumer(Generic[M]):
         await msg.reject()
 
     async def _failed(self, msg: NatsMessage, delivery: Delivery, body: bytes, payload: M, exc: BaseException) -> None:
-        last = delivery.num_delivered >= self._settings.max_deliver
+        last = not self._retry_forever and delivery.num_delivered >= self._settings.max_deliver
         if not last:
-            delay = min(MAX_RETRY_DELAY_SECONDS, self._settings.retry_delay_seconds * 2 ** (delivery.num_delivered - 1))
-            log.warning(
+            exponent = min(delivery.num_delivered - 1, 20)
+            delay = min(MAX_RETRY_DELAY_SECONDS, self._settings.retry_delay_seconds * 2**exponent)
+            persistent = delivery.num_delivered >= self._settings.max_deliver
+            (log.error if persistent else log.warning)(
                 "message_failed_will_retry",
                 error=f"{type(exc).__name__}: {exc}",
                 delivery=delivery.num_delivered,

@@ -48,6 +48,10 @@ class ConsumerSpec:
     filter_subject: str
     description: str
     max_ack_pending: int = 1000
+    retry_forever: bool = False
+    """Transient failures are retried (with a capped delay) until they succeed instead of being given up after
+    `max_deliver`: for consumers whose loss would lose a run (the scheduler's requests, the evidence service's
+    plans and findings). Bad input is still dead-lettered at once."""
 
 
 def stream_configs(settings: Settings) -> list[StreamConfig]:
@@ -85,6 +89,16 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             **common,
         ),
         StreamConfig(
+            name=subjects.STREAM_ADVISORIES,
+            subjects=[
+                f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.>"
+                for stream in (subjects.STREAM_RUNS, subjects.STREAM_CHECKS, subjects.STREAM_FINDINGS)
+            ],
+            description="The server's record of every message a consumer gave up on after max_deliver deliveries.",
+            max_age=90 * DAY,
+            **common,
+        ),
+        StreamConfig(
             name=subjects.STREAM_DLQ,
             subjects=["kushim.dlq.>"],
             description="Dead letters: messages no consumer could process, with the reason.",
@@ -96,13 +110,21 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
 
 def scheduler_consumer() -> ConsumerSpec:
     return ConsumerSpec(
-        subjects.STREAM_RUNS, subjects.DURABLE_SCHEDULER, subjects.RUNS_REQUESTED, "Scheduler: run requests"
+        subjects.STREAM_RUNS,
+        subjects.DURABLE_SCHEDULER,
+        subjects.RUNS_REQUESTED,
+        "Scheduler: run requests",
+        retry_forever=True,
     )
 
 
 def evidence_plans_consumer() -> ConsumerSpec:
     return ConsumerSpec(
-        subjects.STREAM_RUNS, subjects.DURABLE_EVIDENCE_PLANS, subjects.RUNS_PLANNED, "Evidence: run plans"
+        subjects.STREAM_RUNS,
+        subjects.DURABLE_EVIDENCE_PLANS,
+        subjects.RUNS_PLANNED,
+        "Evidence: run plans",
+        retry_forever=True,
     )
 
 
@@ -112,6 +134,7 @@ def evidence_findings_consumer() -> ConsumerSpec:
         subjects.DURABLE_EVIDENCE_FINDINGS,
         "kushim.findings.>",
         "Evidence: findings chunks",
+        retry_forever=True,
     )
 
 
@@ -141,7 +164,7 @@ def consumer_config(spec: ConsumerSpec, settings: Settings) -> ConsumerConfig:
         deliver_policy=DeliverPolicy.ALL,
         ack_policy=JsAckPolicy.EXPLICIT,
         ack_wait=settings.ack_wait_seconds,
-        max_deliver=settings.max_deliver,
+        max_deliver=-1 if spec.retry_forever else settings.max_deliver,
         max_ack_pending=spec.max_ack_pending,
     )
 

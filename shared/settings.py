@@ -7,6 +7,7 @@ Our own settings use the `KUSHIM_` prefix. The AWS ones keep the names of the in
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -15,6 +16,8 @@ from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.controls import MfaScope
+
+REGION_PATTERN = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]")
 
 
 def _default_home() -> Path:
@@ -47,6 +50,9 @@ class Settings(BaseSettings):
     max_deliver: int = Field(5, ge=2, le=20, description="Deliveries of one message before it is dead-lettered.")
     ack_wait_seconds: float = Field(60.0, gt=0, description="Seconds a consumer may hold a message before redelivery.")
     retry_delay_seconds: float = Field(2.0, ge=0, description="Base delay before a failed message is redelivered.")
+    handler_timeout_seconds: float = Field(
+        900.0, gt=0, description="Longest one message may be worked on (a scan included) before it counts as failed."
+    )
     duplicate_window_seconds: float = Field(600.0, gt=0, description="JetStream de-duplication window for Nats-Msg-Id.")
     chunk_max_bytes: int = Field(
         256 * 1024, ge=16 * 1024, le=900 * 1024, description="Maximum size of one FindingsReported chunk."
@@ -124,6 +130,14 @@ class Settings(BaseSettings):
     def _split_regions(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("regions")
+    @classmethod
+    def _valid_regions(cls, value: list[str]) -> list[str]:
+        bad = [region for region in value if not REGION_PATTERN.fullmatch(region)]
+        if bad:
+            raise ValueError(f"not AWS region names: {', '.join(bad)} (expected e.g. us-east-1,eu-west-1)")
         return value
 
     @property

@@ -37,6 +37,8 @@ STREAM_RUNS: Final = "KUSHIM_RUNS"
 STREAM_CHECKS: Final = "KUSHIM_CHECKS"
 STREAM_FINDINGS: Final = "KUSHIM_FINDINGS"
 STREAM_DLQ: Final = "KUSHIM_DLQ"
+STREAM_ADVISORIES: Final = "KUSHIM_ADVISORIES"
+"""Captures the server's MAX_DELIVERIES advisories for Kushim's streams (a consumer gave up on a message)."""
 
 
 def checks_subject(service: Service) -> str:

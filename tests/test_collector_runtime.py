@@ -137,3 +137,38 @@ async def test_a_scan_that_keeps_failing_ends_as_error_findings(
     assert all("simulated outage" in f.details["error_message"] for f in chunk.findings)
     assert info.num_ack_pending == 0
     assert info.num_pending == 0
+
+
+async def test_a_hung_scan_times_out_and_is_retried(
+    make_settings: Callable[..., Settings], nats_server: EmbeddedNats, moto_endpoint: str
+) -> None:
+    settings = make_settings(
+        nats_url=nats_server.url, aws_endpoint_url=moto_endpoint, handler_timeout_seconds=0.5, retry_delay_seconds=0.05
+    )
+    calls: list[int] = []
+
+    async def hangs_once(
+        aws: AwsClients, request: CheckRequested, counter: ApiCallCounter, settings: Settings
+    ) -> IamSnapshot:
+        calls.append(1)
+        if len(calls) == 1:
+            await asyncio.sleep(30)  # a half-open connection: never answers
+        return IamSnapshot(users=())
+
+    app = replica(settings, nats_server.url, "iam-hang", hangs_once, AwsClients(settings))
+    await app.start()
+    try:
+        await publish_checks(settings, nats_server.url, 1)
+        async with nats_client(nats_server.url) as nc:
+
+            async def reported() -> bool:
+                got = await stream_models(nc, subjects.STREAM_FINDINGS, "kushim.findings.>", FindingsReported)
+                return len(got) == 1
+
+            await eventually(reported, timeout=20, what="the retried scan's chunk")
+            chunk = (await stream_models(nc, subjects.STREAM_FINDINGS, "kushim.findings.>", FindingsReported))[0]
+    finally:
+        await app.stop()
+    assert len(calls) == 2
+    assert chunk.attempt == 2
+    assert chunk.findings == []

@@ -44,6 +44,7 @@ def all_subjects() -> list[str]:
         subjects.STREAM_CHECKS,
         subjects.STREAM_FINDINGS,
         subjects.STREAM_DLQ,
+        subjects.STREAM_ADVISORIES,
         subjects.DURABLE_SCHEDULER,
         subjects.DURABLE_EVIDENCE_PLANS,
         subjects.DURABLE_EVIDENCE_FINDINGS,

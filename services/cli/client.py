@@ -8,8 +8,9 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from urllib.parse import urlsplit, urlunsplit
 
-import nats
+import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.api import PubAck
@@ -28,6 +29,8 @@ from shared.messages import (
     ServiceResult,
     run_id_for,
 )
+
+log = structlog.get_logger(__name__)
 
 
 class CouldNotRun(Exception):
@@ -51,10 +54,33 @@ class KushimClient:
 
     @classmethod
     async def connect(cls, url: str, timeout: float = 5.0) -> KushimClient:
+        """Connect once within `timeout`; afterwards reconnect for as long as the command runs."""
+        nc = NatsClient()
+        errors: list[str] = []
+
+        async def quiet(exc: Exception) -> None:
+            errors.append(str(exc) or type(exc).__name__)
+            log.debug("nats_connection_error", error=f"{type(exc).__name__}: {exc}")
+
         try:
-            nc = await nats.connect(url, connect_timeout=timeout, max_reconnect_attempts=2, allow_reconnect=True)
+            await asyncio.wait_for(
+                nc.connect(
+                    url,
+                    connect_timeout=max(1, round(timeout)),
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=1,
+                    error_cb=quiet,
+                ),
+                timeout,
+            )
         except Exception as exc:
-            raise CouldNotRun(f"cannot reach the NATS server at {url}: {exc or type(exc).__name__}") from exc
+            with contextlib.suppress(Exception):
+                await nc.close()
+            if isinstance(exc, TimeoutError):
+                reason = f"no connection within {timeout:.0f}s" + (f" (last error: {errors[-1]})" if errors else "")
+            else:
+                reason = str(exc) or type(exc).__name__
+            raise CouldNotRun(f"cannot reach the NATS server at {safe_url(url)}: {reason}") from exc
         return cls(nc)
 
     async def close(self) -> None:
@@ -97,16 +123,15 @@ class KushimClient:
         accounts: Sequence[str] | None = None,
         services: Sequence[Service] | None = None,
         timeout: float = 1200.0,
-        progress: asyncio.Queue[str] | None = None,
-    ) -> RunCompleted:
-        """Publish a RunRequested and wait for its RunCompleted (or RunRejected)."""
-        done: asyncio.Future[RunCompleted] = asyncio.get_running_loop().create_future()
+    ) -> str:
+        """Publish a RunRequested and wait until its run is final; returns the run id (raises on RunRejected)."""
+        done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
         async def on_completed(msg: Msg) -> None:
             with contextlib.suppress(ValueError):
                 completed = RunCompleted.model_validate_json(msg.data)
                 if completed.request_id == request_id and not done.done():
-                    done.set_result(completed)
+                    done.set_result(completed.run_id)
 
         async def on_rejected(msg: Msg) -> None:
             with contextlib.suppress(ValueError):
@@ -126,13 +151,15 @@ class KushimClient:
                 remaining = deadline - asyncio.get_running_loop().time()
                 if remaining <= 0:
                     raise CouldNotRun(f"no result for request {request_id} within {timeout:.0f}s")
+                if self._nc.is_closed:
+                    raise CouldNotRun("the connection to the NATS server was lost")
                 try:
                     return await asyncio.wait_for(asyncio.shield(done), timeout=min(5.0, remaining))
                 except TimeoutError:
                     # A RunCompleted missed during a reconnect is recovered from the evidence service's record.
                     summary = await self._run_state(request_id)
-                    if summary is not None and summary.state is not RunState.RUNNING and not done.done():
-                        return await asyncio.wait_for(asyncio.shield(done), timeout=2.0)
+                    if summary is not None and summary.state is not RunState.RUNNING:
+                        return summary.run_id
         finally:
             for sub in subs:
                 with contextlib.suppress(Exception):
@@ -190,10 +217,20 @@ async def run_check(
     client = await KushimClient.connect(url)
     try:
         request_id = request_id or f"cli-{uuid.uuid4().hex}"
-        completed = await client.run_and_wait(request_id, accounts=accounts, services=services, timeout=timeout)
-        return await client.report(run_id=completed.run_id)
+        run_id = await client.run_and_wait(request_id, accounts=accounts, services=services, timeout=timeout)
+        return await client.report(run_id=run_id)
     finally:
         await client.close()
+
+
+def safe_url(url: str) -> str:
+    """A URL fit to print: any user:password part is masked."""
+    parts = urlsplit(url)
+    if parts.password is None and parts.username is None:
+        return url
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit((parts.scheme, f"***@{host}{port}", parts.path, parts.query, parts.fragment))
 
 
 def expected_run_id(request_id: str) -> str:

@@ -13,16 +13,25 @@ from typing import Annotated, Any
 
 import structlog
 import typer
-from pydantic import AliasChoices, ValidationError
+from pydantic import AliasChoices, TypeAdapter, ValidationError
 from rich.console import Console
 from rich.table import Table
 
 from services.cli import render
-from services.cli.client import CouldNotRun, KushimClient, Report, RunRejectedError, expected_run_id, run_check
+from services.cli.client import (
+    CouldNotRun,
+    KushimClient,
+    Report,
+    RunRejectedError,
+    expected_run_id,
+    run_check,
+    safe_url,
+)
 from services.cli.state import SERVICE_NAMES, clear_state, read_state_url, write_state
+from shared.consume import validation_reason
 from shared.controls import CATALOG, CONTROL_TITLES, gating_table
 from shared.log import configure_logging
-from shared.messages import Service
+from shared.messages import AccountId, Service
 from shared.permissions import IAM_ACTIONS, read_only_policy
 from shared.settings import Settings
 
@@ -97,6 +106,12 @@ def check(
     """Run the checks now (publishes a RunRequested) and print the report."""
     settings = _settings()
     configure_logging("WARNING", settings.log_format)
+    try:
+        for account_id in account or []:
+            TypeAdapter(AccountId).validate_python(account_id)
+    except ValidationError:
+        err.print(f"[red]Invalid account id {account_id!r}:[/red] an AWS account id is exactly 12 digits.")
+        raise typer.Exit(render.EXIT_USAGE) from None
     url = _broker_url(settings)
     try:
         if not wait:
@@ -119,6 +134,9 @@ def check(
         report = asyncio.run(run_check(url, accounts=account, services=service, timeout=timeout))
     except RunRejectedError as exc:
         err.print(f"[red]Run rejected:[/red] {exc}")
+        raise typer.Exit(render.EXIT_USAGE) from None
+    except ValidationError as exc:
+        err.print(f"[red]Invalid request:[/red] {validation_reason(exc).removeprefix('invalid message: ')}")
         raise typer.Exit(render.EXIT_USAGE) from None
     except CouldNotRun as exc:
         err.print(f"[red]Could not run:[/red] {exc}")
@@ -207,7 +225,8 @@ def up() -> None:
         async with running_stack(settings, aws=aws) as stack:
             state = write_state(settings.home, stack.url)
             err.print(
-                f"[green]Kushim is up[/green]: broker {stack.url}, database {settings.effective_database_url}, "
+                f"[green]Kushim is up[/green]: broker {safe_url(stack.url)}, "
+                f"database {safe_url(settings.effective_database_url)}, "
                 f"schedule '{settings.schedule}' UTC{'' if settings.schedule_enabled else ' (disabled)'}.\n"
                 f"State in {state}. Run `kushim check` in another terminal; Ctrl-C stops."
             )

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
+import nats
 import structlog
 from faststream import AckPolicy
 from faststream.nats import NatsBroker, NatsMessage
+from nats.aio.client import Client as NatsClient
 
 from services.evidence.document import build_document
 from services.evidence.report import Reports
@@ -50,10 +52,18 @@ class EvidenceService:
     """The evidence service's logic, wired onto a broker by `create_service`."""
 
     def __init__(
-        self, *, settings: Settings, broker: NatsBroker, store: EvidenceStore, uploader: Uploader | None
+        self,
+        *,
+        settings: Settings,
+        broker: NatsBroker,
+        store: EvidenceStore,
+        uploader: Uploader | None,
+        url: str | None = None,
     ) -> None:
         self.settings = settings
         self.broker = broker
+        self._url = url
+        self._nc: NatsClient | None = None
         self.store = store
         self.uploader = uploader
         self.reports = Reports(store)
@@ -67,15 +77,30 @@ class EvidenceService:
             await self.uploader.start()
         try:
             await self.store.create_schema()
+            if self._url is not None:
+                self._nc = await nats.connect(self._url, max_reconnect_attempts=-1, name="kushim-evidence-backlog")
         except BaseException:
-            if self.uploader is not None:
-                await self.uploader.stop()
+            await self.stop()
             raise
 
     async def stop(self) -> None:
+        if self._nc is not None:
+            await self._nc.close()
+            self._nc = None
         if self.uploader is not None:
             await self.uploader.stop()
         await self.store.close()
+
+    async def backlog(self) -> int:
+        """Messages the evidence consumers have not finished yet (plans and findings chunks)."""
+        if self._nc is None:
+            return 0
+        js = self._nc.jetstream()
+        total = 0
+        for spec in (evidence_plans_consumer(), evidence_findings_consumer()):
+            info = await js.consumer_info(spec.stream, spec.durable)
+            total += int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+        return total
 
     # --- handlers -----------------------------------------------------------------------------
 
@@ -167,7 +192,7 @@ class EvidenceService:
             self.broker,
             subjects.RUNS_COMPLETED,
             message,
-            msg_id=f"completed:{run_id}",
+            msg_id=f"completed:{run_id}:{message.state.value}",
             stream=subjects.STREAM_RUNS,
         )
         await self.store.mark_published(run_id)
@@ -182,7 +207,20 @@ class EvidenceService:
 
     async def sweep(self) -> None:
         """Runs past their deadline become INCOMPLETE (or COMPLETE if all is in); owed completions are republished."""
-        for run_id in await self.store.overdue_runs(datetime.now(UTC)):
+        now = datetime.now(UTC)
+        overdue = await self.store.overdue_runs(now)
+        if overdue:
+            # Results may be queued behind an outage: a deadline waits (up to one more deadline) for the backlog.
+            try:
+                pending = await self.backlog()
+            except Exception as exc:
+                log.warning("backlog_unknown", error=f"{type(exc).__name__}: {exc}")
+                pending = 0
+            grace = timedelta(seconds=self.settings.run_deadline_seconds)
+            if pending:
+                overdue = [r for r in overdue if await self.store.deadline_of(r) + grace <= now]
+                log.info("deadline_deferred_for_backlog", pending=pending, runs_still_overdue=len(overdue))
+        for run_id in overdue:
             try:
                 await self.settle(run_id, deadline_passed=True)
             except Exception as exc:
@@ -216,11 +254,11 @@ def create_evidence(
         store = EvidenceStore(settings.effective_database_url)
     if uploader is None and settings.evidence_bucket:
         uploader = S3Uploader(aws or AwsClients(settings), settings, settings.evidence_bucket)
-    service = EvidenceService(settings=settings, broker=broker, store=store, uploader=uploader)
+    service = EvidenceService(settings=settings, broker=broker, store=store, uploader=uploader, url=url)
 
     plans_spec = evidence_plans_consumer()
     plans: Consumer[RunPlanned] = Consumer(
-        name=plans_spec.durable,
+        spec=plans_spec,
         model=RunPlanned,
         handler=service.handle_plan,
         broker=broker,
@@ -229,7 +267,7 @@ def create_evidence(
     )
     findings_spec = evidence_findings_consumer()
     chunks: Consumer[FindingsReported] = Consumer(
-        name=findings_spec.durable,
+        spec=findings_spec,
         model=FindingsReported,
         handler=service.handle_findings,
         broker=broker,

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import structlog
 from sqlalchemy import (
@@ -117,6 +117,7 @@ pairs = Table(
     Column("service", String(16), nullable=False),
     Column("planned", Boolean, nullable=False, default=False),
     Column("attempt", Integer),
+    Column("sealed", Boolean, nullable=False, default=False),
     Column("chunk_count", Integer),
     Column("population", JSON),
     Column("metrics", JSON),
@@ -329,6 +330,7 @@ class EvidenceStore:
             stmt = self._insert(pairs).values(
                 **key,
                 planned=False,
+                sealed=False,
                 attempt=chunk.attempt,
                 chunk_count=chunk.chunk_count,
                 population=chunk.population,
@@ -343,10 +345,10 @@ class EvidenceStore:
                 index_elements=list(PAIR_KEY),
                 set_={name: stmt.excluded[name] for name in _PAIR_METADATA},
                 # The first chunk sets the pair's summary; a later scan attempt (an earlier one failed part-way)
-                # replaces it until the evidence is written, so one attempt's complete set is what counts.
+                # replaces it until one attempt's set is complete (sealed): that set is the pair's evidence.
                 where=or_(
                     pairs.c.chunk_count.is_(None),
-                    and_(pairs.c.evidence_done_at.is_(None), pairs.c.attempt < stmt.excluded.attempt),
+                    and_(pairs.c.sealed.is_(False), pairs.c.attempt < stmt.excluded.attempt),
                 ),
             )
             await conn.execute(stmt)
@@ -367,7 +369,10 @@ class EvidenceStore:
                     self._insert(findings).on_conflict_do_nothing(index_elements=["finding_id"]),
                     [_finding_row(f) for f in chunk.findings],
                 )
-            return await self._progress(conn, key)
+            progress = await self._progress(conn, key)
+            if progress.all_received:
+                await conn.execute(update(pairs).where(_pair_where(pairs, key)).values(sealed=True))
+            return progress
 
     async def _progress(self, conn: AsyncConnection, key: Mapping[str, str]) -> PairProgress:
         where = _pair_where(pairs, key)
@@ -408,13 +413,14 @@ class EvidenceStore:
     async def finalize_run(
         self, run_id: str, now: datetime, *, deadline_passed: bool, gating: Mapping[str, bool]
     ) -> RunState | None:
-        """COMPLETE when every planned pair has its evidence; INCOMPLETE when the deadline passed first.
+        """COMPLETE when every planned pair has its evidence; INCOMPLETE when the deadline passed first; an
+        INCOMPLETE run whose missing results arrive later (after an outage or a backlog) becomes COMPLETE.
 
         Returns the new state, or None when the run is unknown, already final, or still waiting.
         """
         async with self._engine.begin() as conn:
             state = await conn.scalar(select(runs.c.state).where(runs.c.run_id == run_id))
-            if state != RunState.RUNNING.value:
+            if state not in (RunState.RUNNING.value, RunState.INCOMPLETE.value):
                 return None
             rows = (
                 await conn.execute(
@@ -428,8 +434,8 @@ class EvidenceStore:
                 for r in rows
                 if r.evidence_done_at is None
             ]
-            if missing and not deadline_passed:
-                return None
+            if missing and (state == RunState.INCOMPLETE.value or not deadline_passed):
+                return None  # still waiting, or INCOMPLETE and still missing something
             counts = await self._status_counts(conn, run_id)
             verdicts = control_verdicts(counts, {Service(r.service) for r in rows}, missing, gating)
             by_status = {s.value: 0 for s in Status}
@@ -438,7 +444,9 @@ class EvidenceStore:
             new_state = RunState.INCOMPLETE if missing else RunState.COMPLETE
             result = await conn.execute(
                 update(runs)
-                .where(runs.c.run_id == run_id, runs.c.state == RunState.RUNNING.value)
+                # Only from the state read above: a concurrent finalisation makes this update match nothing.
+                # INCOMPLETE -> COMPLETE happens when the missing results arrive late (after an outage).
+                .where(runs.c.run_id == run_id, runs.c.state == state)
                 .values(
                     state=new_state.value,
                     completed_at=now,
@@ -526,6 +534,13 @@ class EvidenceStore:
         )
         async with self._reader.connect() as conn:
             return list((await conn.scalars(query)).all())
+
+    async def deadline_of(self, run_id: str) -> datetime:
+        async with self._reader.connect() as conn:
+            value = await conn.scalar(select(runs.c.deadline_at).where(runs.c.run_id == run_id))
+        if value is None:
+            raise KeyError(run_id)
+        return cast(datetime, value)
 
     async def unpublished_runs(self) -> list[str]:
         query = (

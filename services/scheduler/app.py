@@ -42,7 +42,7 @@ def create_service(settings: Settings, *, url: str, aws: AwsClients | None = Non
     planner = Planner(broker=broker, settings=settings, known_accounts=accounts)
     spec = scheduler_consumer()
     consumer: Consumer[RunRequested] = Consumer(
-        name=spec.durable,
+        spec=spec,
         model=RunRequested,
         handler=planner.handle,
         broker=broker,

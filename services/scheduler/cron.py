@@ -38,10 +38,12 @@ class CronLoop:
         broker: NatsBroker,
         expression: str,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        retry_seconds: float = 5.0,
     ) -> None:
         self._broker = broker
         self._expression = expression
         self._clock = clock
+        self._retry_seconds = retry_seconds
 
     async def publish_slot(self, slot: datetime) -> None:
         request = scheduled_request(slot)
@@ -62,5 +64,11 @@ class CronLoop:
             if wait > 0:
                 await asyncio.sleep(min(wait, 60.0))
                 continue
-            await self.publish_slot(slot)
+            try:
+                await self.publish_slot(slot)
+            except Exception as exc:
+                # Same slot again (its id makes a retry safe): a broker restart at 02:00 must not skip a day.
+                log.error("scheduled_publish_failed", slot=slot.isoformat(), error=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(self._retry_seconds)
+                continue
             slot = next_slot(self._expression, slot)

@@ -65,12 +65,8 @@ class Planner:
             deadline_at=planned_at + timedelta(seconds=self._settings.run_deadline_seconds),
             expected=expected,
         )
-        # A redelivered request republishes with the same ids: the streams' duplicate window drops the copies.
-        await publish_durable(
-            self._broker, subjects.RUNS_PLANNED, plan, msg_id=f"planned:{run_id}", stream=subjects.STREAM_RUNS
-        )
-        for pair in expected:
-            check = CheckRequested(
+        checks = [
+            CheckRequested(
                 run_id=run_id,
                 request_id=request.request_id,
                 account_id=pair.account_id,
@@ -78,11 +74,19 @@ class Planner:
                 regions=self._settings.scan_regions,
                 requested_at=request.requested_at,
             )
+            for pair in expected
+        ]
+        # Every message is built before any is published. A redelivered request republishes with the same ids:
+        # the streams' duplicate window drops the copies.
+        await publish_durable(
+            self._broker, subjects.RUNS_PLANNED, plan, msg_id=f"planned:{run_id}", stream=subjects.STREAM_RUNS
+        )
+        for check in checks:
             await publish_durable(
                 self._broker,
-                subjects.checks_subject(pair.service),
+                subjects.checks_subject(check.service),
                 check,
-                msg_id=f"check:{run_id}:{pair.account_id}:{pair.service.value}",
+                msg_id=f"check:{run_id}:{check.account_id}:{check.service.value}",
                 stream=subjects.STREAM_CHECKS,
             )
         log.info(

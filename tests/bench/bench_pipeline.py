@@ -7,8 +7,9 @@ folder, and times `run_check` (request -> RunCompleted -> whole report fetched) 
 
 It reports, per size: seeding time (not part of the run time), the run's wall time (median and each repeat), AWS API
 calls and findings per service, FindingsReported chunks per service (`evidence_pairs.chunk_count` in SQLite), the
-collectors' own scan times, the time of a report fetch alone (`KushimClient.report`), and the process's peak RSS.
-moto runs in this process (ThreadedMotoServer): its CPU time and memory are part of what is measured.
+collectors' own scan times, the time of a report fetch alone (`KushimClient.report`), CPU time and the process's
+peak RSS. By default moto runs in this process (ThreadedMotoServer, as `kushim demo` and the tests run it): its CPU
+time, its share of the GIL and its memory are part of what is measured; `--moto process` runs it in a child process.
 
 Settings come from arguments only (the user's AWS_* / KUSHIM_* environment is never read). Not a test: pytest does
 not collect this file, and importing it does nothing.
@@ -23,14 +24,16 @@ import json
 import os
 import platform
 import resource
+import socket
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
-import threading
 import time
+import urllib.request
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -43,6 +46,7 @@ from pydantic import SecretStr
 from services.cli.client import KushimClient, Report, run_check
 from services.cli.demo import DemoSettings
 from services.cli.stack import running_stack
+from shared.embedded import free_port
 from shared.log import configure_logging
 from shared.messages import RunState, Service, Status
 from shared.settings import Settings
@@ -83,6 +87,10 @@ class RunStats:
     api_calls: dict[str, dict[str, int]]
     population: dict[str, dict[str, int]]
     metrics: dict[str, dict[str, float]]
+    process_cpu_seconds: float = 0.0
+    """CPU time of this whole process during the run (every thread; moto's too when it runs in-process)."""
+    loop_cpu_seconds: float = 0.0
+    """CPU time of the event-loop thread alone: every service, aiobotocore/botocore, nats-py, the client."""
     pairs: dict[str, PairStats] = field(default_factory=dict)
 
 
@@ -98,7 +106,10 @@ class SizeResult:
     run_median_seconds: float
     report_fetch_seconds: list[float]
     report_fetch_median_seconds: float
+    rss_before_stack_kib: int | None
+    """Current RSS once the account is seeded, before Kushim starts (moto's state too when it runs in-process)."""
     peak_rss_kib: int
+    """Peak RSS of this process so far (`ru_maxrss`: it never decreases from one size to the next)."""
     rss_now_kib: int | None
     problems: list[str]
 
@@ -120,31 +131,29 @@ def has_mfa(index: int) -> bool:
     return index % 3 == 0
 
 
-def _boto3_client(endpoint: str, service: str) -> Any:
+def _boto3_clients(endpoint: str, threads: int) -> Callable[[str], Any]:
+    """One boto3 client per AWS service, shared by the seeding threads (botocore clients are thread-safe)."""
     import boto3  # the `demo` extra (moto) brings boto3
+    from botocore.config import Config
 
-    # one session per call: boto3's default session is not safe to share between seeding threads
-    return boto3.session.Session().client(
-        service,
-        region_name=REGION,
-        endpoint_url=endpoint,
-        aws_access_key_id="bench",
-        aws_secret_access_key="bench",  # the moto server's dummy credentials
-    )
-
-
-def _thread_clients(endpoint: str) -> Callable[[str], Any]:
-    """A per-thread cache of boto3 clients."""
-    local = threading.local()
+    session = boto3.session.Session()
+    config = Config(max_pool_connections=max(10, threads))
+    clients: dict[str, Any] = {}
 
     def client(service: str) -> Any:
-        cache: dict[str, Any] | None = getattr(local, "clients", None)
-        if cache is None:
-            cache = local.clients = {}
-        if service not in cache:
-            cache[service] = _boto3_client(endpoint, service)
-        return cache[service]
+        if service not in clients:
+            clients[service] = session.client(
+                service,
+                region_name=REGION,
+                endpoint_url=endpoint,
+                aws_access_key_id="bench",
+                aws_secret_access_key="bench",  # the moto server's dummy credentials
+                config=config,
+            )
+        return clients[service]
 
+    for service in ("iam", "s3"):
+        client(service)  # created here, before the threads share them
     return client
 
 
@@ -193,7 +202,7 @@ def _seed_bucket(client: Callable[[str], Any], name: str, algorithm: str | None,
 def seed_account(endpoint: str, *, users: int, buckets: int, threads: int) -> tuple[float, float]:
     """Seed moto; returns (total seconds, seconds spent on IAM users)."""
     started = time.perf_counter()
-    client = _thread_clients(endpoint)
+    client = _boto3_clients(endpoint, threads)
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="seed") as pool:
         list(pool.map(lambda index: _seed_user(client, index), range(users)))
     users_seconds = time.perf_counter() - started
@@ -240,6 +249,11 @@ def bench_settings(home: Path, endpoint: str, *, concurrency: int) -> Settings:
     )
 
 
+def process_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def run_stats(request_id: str, wall_seconds: float, report: Report) -> RunStats:
     findings = dict.fromkeys(SERVICES, 0)
     by_status = dict.fromkeys((status.value for status in Status), 0)
@@ -267,9 +281,11 @@ async def run_repeats(settings: Settings, *, users: int, repeat: int) -> tuple[f
         runs: list[RunStats] = []
         for attempt in range(repeat):
             request_id = f"bench-{users}u-{attempt}-{uuid.uuid4().hex[:8]}"
-            t0 = time.perf_counter()
+            cpu0, loop0, t0 = process_cpu(), time.thread_time(), time.perf_counter()
             report = await run_check(stack.url, timeout=RUN_TIMEOUT_SECONDS, request_id=request_id)
-            runs.append(run_stats(request_id, time.perf_counter() - t0, report))
+            stats = run_stats(request_id, time.perf_counter() - t0, report)
+            stats.process_cpu_seconds, stats.loop_cpu_seconds = process_cpu() - cpu0, time.thread_time() - loop0
+            runs.append(stats)
             del report
         fetches: list[float] = []
         client = await KushimClient.connect(stack.url)
@@ -346,21 +362,66 @@ def rss_now_kib() -> int | None:
     return None
 
 
-def bench_size(*, users: int, buckets: int, repeat: int, threads: int, concurrency: int) -> SizeResult:
-    from moto.server import ThreadedMotoServer
+def moto_reset(endpoint: str) -> None:
+    request = urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST", data=b"")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        response.read()
 
-    moto: Any = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    moto.start()
+
+@contextlib.contextmanager
+def moto_server(mode: str) -> Iterator[str]:
+    """A fresh moto server's endpoint: in this process (`thread`, as the demo and tests run it) or in its own."""
+    if mode == "thread":
+        from moto.server import ThreadedMotoServer
+
+        moto: Any = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        moto.start()
+        try:
+            host, port = moto.get_host_and_port()
+            endpoint = f"http://{host}:{port}"
+            moto_reset(endpoint)  # moto's backends are module globals: a new in-process server keeps the old state
+            yield endpoint
+        finally:
+            moto.stop()
+        return
+    port = free_port()
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("AWS_", "KUSHIM_", "MOTO_"))}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
     try:
-        host, port = moto.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
+        deadline = time.monotonic() + 30.0
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"moto server exited with code {process.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("moto server did not listen within 30s") from None
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def bench_size(*, users: int, buckets: int, repeat: int, threads: int, concurrency: int, moto: str) -> SizeResult:
+    with moto_server(moto) as endpoint:
         seed_seconds, seed_users_seconds = seed_account(endpoint, users=users, buckets=buckets, threads=threads)
+        rss_before_stack = rss_now_kib()
         with tempfile.TemporaryDirectory(prefix="kushim-bench-") as tmp:
             settings = bench_settings(Path(tmp), endpoint, concurrency=concurrency)
             stack_start, runs, fetches = asyncio.run(run_repeats(settings, users=users, repeat=repeat))
             read_pairs(Path(settings.effective_database_url.split(":///", 1)[1]), runs)
-    finally:
-        moto.stop()
     problems = [problem for run in runs for problem in expected_problems(run, users=users, buckets=buckets)]
     return SizeResult(
         users=users,
@@ -373,6 +434,7 @@ def bench_size(*, users: int, buckets: int, repeat: int, threads: int, concurren
         run_median_seconds=statistics.median(run.wall_seconds for run in runs),
         report_fetch_seconds=fetches,
         report_fetch_median_seconds=statistics.median(fetches),
+        rss_before_stack_kib=rss_before_stack,
         peak_rss_kib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
         rss_now_kib=rss_now_kib(),
         problems=problems,
@@ -439,8 +501,33 @@ def markdown_table(results: list[SizeResult]) -> str:
         lines.append(
             f"| {result.users} | {result.buckets} | {result.seed_seconds:.1f} | {result.run_median_seconds:.2f} | "
             + ", ".join(f"{run.wall_seconds:.2f}" for run in result.runs)
-            + f" | {'-' if scan is None else f'{scan:.2f}'} | {_per_service(api_calls)} | "
+            + f" | {_fmt(scan)} | {_per_service(api_calls)} | "
             f"{_per_service(last.findings)} | {_per_service(chunks)} | {result.report_fetch_median_seconds:.3f} | "
+            f"{result.peak_rss_kib / 1024:.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def breakdown_table(results: list[SizeResult]) -> str:
+    """Medians over the repeats of where a run's time goes, and memory."""
+    scans = " / ".join(SERVICES)
+    header = (
+        f"| IAM users | scan {scans} (s) | evidence {scans} (s) | run CPU, process (s) | run CPU, event loop (s) "
+        "| RSS before Kushim (MiB) | peak RSS (MiB) |"
+    )
+    lines = [header, "|" + "---:|" * header.count(" | ") + "---:|"]
+    for result in results:
+        scan = " / ".join(_fmt(_median_pair(result.runs, service, "scan_seconds")) for service in SERVICES)
+        evidence = " / ".join(_fmt(_median_pair(result.runs, service, "evidence_seconds")) for service in SERVICES)
+        cpu = statistics.median(run.process_cpu_seconds for run in result.runs)
+        loop = statistics.median(run.loop_cpu_seconds for run in result.runs)
+        before = "-" if result.rss_before_stack_kib is None else f"{result.rss_before_stack_kib / 1024:.0f}"
+        lines.append(
+            f"| {result.users} | {scan} | {evidence} | {cpu:.2f} | {loop:.2f} | {before} | "
             f"{result.peak_rss_kib / 1024:.0f} |"
         )
     return "\n".join(lines)
@@ -482,6 +569,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--seed-threads", type=int, default=8, help="threads seeding moto (default 8)")
     parser.add_argument("--concurrency", type=int, default=8, help="KUSHIM_AWS_CONCURRENCY (default 8)")
     parser.add_argument(
+        "--moto",
+        choices=("thread", "process"),
+        default="thread",
+        help="run moto in this process (`thread`, default, as the demo does) or in a child process",
+    )
+    parser.add_argument(
         "--output", type=Path, default=Path("bench-results.json"), help="JSON results (default ./bench-results.json)"
     )
     args = parser.parse_args(argv)
@@ -505,6 +598,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             repeat=args.repeat,
             threads=args.seed_threads,
             concurrency=args.concurrency,
+            moto=args.moto,
         )
         results.append(result)
         print(
@@ -516,6 +610,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     problems = [problem for result in results for problem in result.problems]
 
     print(markdown_table(results))
+    print()
+    print(breakdown_table(results))
     print()
     print(operations_table(max(results, key=lambda r: r.users)))
     print()
@@ -532,6 +628,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "repeat": args.repeat,
             "seed_threads": args.seed_threads,
             "concurrency": args.concurrency,
+            "moto": args.moto,
         },
         "total_seconds": total,
         "results": [asdict(result) for result in results],

@@ -23,6 +23,7 @@ from shared.messages import (
     DeadLetter,
     FindingsReported,
     PlannedCheck,
+    RunPlanned,
     RunState,
     Service,
     Soc2Control,
@@ -300,3 +301,34 @@ async def test_conflicting_evidence_object_is_never_overwritten(
         assert completed.missing == [PlannedCheck(account_id=ACCOUNT, service=Service.S3)]
         assert s3.get_object(Bucket=BUCKET, Key=key)["Body"].read() == b'{"planted": true}'
         assert len(all_versions(s3)) == 1
+
+
+class PlanOutage(EvidenceStore):
+    """The database refuses the run's plan more times than max_deliver allows."""
+
+    failures = 0
+
+    async def save_plan(self, plan: RunPlanned) -> None:
+        if self.failures < 4:
+            self.failures += 1
+            raise OperationalError("INSERT INTO evidence_runs", {}, Exception("connection refused (injected)"))
+        await super().save_plan(plan)
+
+
+async def test_a_plan_is_retried_past_max_deliver_and_the_run_still_completes(
+    e2e_settings: Callable[..., Settings],
+) -> None:
+    settings = e2e_settings(max_deliver=3, retry_delay_seconds=0.05)
+    store = PlanOutage(settings.effective_database_url)
+    request_id = new_request_id()
+    run_id = run_id_for(request_id)
+    found = [make_finding(run_id, ACCOUNT, "iam.user_mfa", "user/alice", Status.PASS)]
+
+    async with running_evidence(settings, store=store) as h:
+        await h.plan(make_plan(request_id, [(ACCOUNT, Service.IAM)]))
+        await h.chunks(make_chunks(request_id, ACCOUNT, Service.IAM, found))
+        completed = await h.next_completion()
+
+    assert store.failures == 4
+    assert completed.state is RunState.COMPLETE
+    assert completed.run_id == run_id

@@ -269,3 +269,50 @@ async def test_a_later_scan_attempt_replaces_a_partly_stored_earlier_one(store: 
     progress = await store.save_chunk(attempt2[1], NOW)
     assert progress.all_received
     assert (await store.count_rows(run_id))["evidence_findings"] == 4
+
+
+async def test_an_incomplete_run_becomes_complete_when_the_missing_results_arrive_late(store: EvidenceStore) -> None:
+    request_id = new_request_id()
+    run_id = run_id_for(request_id)
+    deadline = NOW + timedelta(minutes=15)
+    await store.save_plan(make_plan(request_id, [(ACCOUNT, Service.IAM)], deadline_at=deadline))
+    assert await store.finalize_run(run_id, deadline, deadline_passed=True, gating=GATING) is RunState.INCOMPLETE
+    await store.mark_published(run_id)
+
+    found = [make_finding(run_id, ACCOUNT, "iam.user_mfa", "user/alice", Status.PASS)]
+    for chunk in make_chunks(request_id, ACCOUNT, Service.IAM, found):
+        await store.save_chunk(chunk, deadline)
+    await finish(store, PairKey(run_id, ACCOUNT, Service.IAM))
+
+    later = deadline + timedelta(minutes=1)
+    assert await store.finalize_run(run_id, later, deadline_passed=False, gating=GATING) is RunState.COMPLETE
+    completed = await store.pending_completion(run_id)
+    assert completed is not None
+    assert completed.state is RunState.COMPLETE
+    assert completed.missing == []
+    assert completed.controls[Soc2Control.CC6_1].status is Status.PASS
+    assert await store.finalize_run(run_id, later, deadline_passed=True, gating=GATING) is None
+
+
+async def test_a_complete_attempt_is_sealed_against_a_later_rescan(store: EvidenceStore) -> None:
+    """Attempt 1's set is complete (its ack was lost); attempt 2 re-scanned: attempt 1's set stays the evidence."""
+    request_id = new_request_id()
+    run_id = run_id_for(request_id)
+    found = [make_finding(run_id, ACCOUNT, "iam.user_mfa", f"user/u{i}", Status.PASS) for i in range(2)]
+    attempt1 = [
+        c.model_copy(update={"attempt": 1, "population": {"users": 2}})
+        for c in make_chunks(request_id, ACCOUNT, Service.IAM, found, per_chunk=1)
+    ]
+    attempt2 = [
+        c.model_copy(update={"attempt": 2, "population": {"users": 3}})
+        for c in make_chunks(request_id, ACCOUNT, Service.IAM, found, per_chunk=2)
+    ]
+    for chunk in attempt1:
+        progress = await store.save_chunk(chunk, NOW)
+    assert progress.all_received
+    progress = await store.save_chunk(attempt2[0], NOW)
+    assert (progress.chunk_count, progress.all_received) == (2, True)
+    await store.save_plan(make_plan(request_id, [(ACCOUNT, Service.IAM)]))
+    material = await store.pair_material(PairKey(run_id, ACCOUNT, Service.IAM))
+    assert material is not None
+    assert material.population == {"users": 2}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -187,3 +188,35 @@ async def test_cron_publishes_each_slot_once_even_from_two_replicas(
     finally:
         for app in apps:
             await app.stop()
+
+
+async def test_cron_retries_the_same_slot_when_publishing_fails() -> None:
+    from typing import Any
+
+    from services.scheduler.cron import CronLoop
+
+    now = [datetime(2026, 11, 27, 1, 59, 59, 900000, tzinfo=UTC)]
+    published: list[str] = []
+
+    class FlakyBroker:
+        calls = 0
+
+        async def publish(self, payload: bytes, subject: str, **kw: Any) -> Any:
+            self.calls += 1
+            if self.calls == 1:
+                raise ConnectionError("nats restarting")
+            published.append(kw["headers"]["Nats-Msg-Id"])
+            now[0] = datetime(2026, 11, 28, 1, 0, tzinfo=UTC)  # after the slot: stop the loop at its next wait
+            from nats.js.api import PubAck
+
+            return PubAck(stream="KUSHIM_RUNS", seq=1)
+
+    loop = CronLoop(broker=FlakyBroker(), expression="0 2 * * *", clock=lambda: now[0], retry_seconds=0)  # type: ignore[arg-type]
+    task = asyncio.create_task(loop.run())
+    for _ in range(100):
+        if published:
+            break
+        await asyncio.sleep(0.01)
+        now[0] = max(now[0], datetime(2026, 11, 27, 2, 0, tzinfo=UTC))
+    task.cancel()
+    assert published == ["schedule-20261127T0200Z"]

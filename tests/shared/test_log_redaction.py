@@ -88,3 +88,20 @@ def test_validation_errors_never_echo_the_payload() -> None:
 def test_redact_text_keeps_ordinary_text() -> None:
     assert redact_text("run run-abc finished: 3 findings") == "run run-abc finished: 3 findings"
     assert redact_text("user/alice has no MFA device") == "user/alice has no MFA device"
+
+
+def test_dead_letter_excerpt_keeps_only_harmless_values() -> None:
+    from shared.consume import excerpt
+
+    body = (
+        b'{"request_id": "r1", "accounts": ["123456789012"], "api_key": "k-123", "pwd": "hunter2",'
+        b' "dsn": "postgresql://u:pw@db/x", "requested_by": "ci secret=abc"}'
+    )
+    text = excerpt(body)
+    for secret in ("k-123", "hunter2", "u:pw", "abc"):
+        assert secret not in text
+    assert '"r1"' in text
+    assert "123456789012" in text
+    assert "api_key" in text
+    assert "redacted" in text
+    assert "not JSON" in excerpt(b"\x00\x01 AKIAPLANTED1234567XY")
