@@ -57,6 +57,64 @@ CATALOG: tuple[CheckInfo, ...] = (
         gating=True,
     ),
     CheckInfo(
+        id="iam.root_mfa",
+        control=Soc2Control.CC6_1,
+        service=Service.IAM,
+        severity=Severity.CRITICAL,
+        title="The root user has MFA",
+        remediation=(
+            "Sign in as the root user, open Security credentials -> Multi-factor authentication -> Assign MFA "
+            "device, and register a hardware or FIDO key (keep it in a safe). Use the root user only for the few "
+            "tasks that need it."
+        ),
+        gating=True,
+    ),
+    CheckInfo(
+        id="iam.root_access_keys",
+        control=Soc2Control.CC6_1,
+        service=Service.IAM,
+        severity=Severity.CRITICAL,
+        title="The root user has no active access keys",
+        remediation=(
+            "Sign in as the root user, open Security credentials -> Access keys, and deactivate then delete every "
+            "root access key; give automation an IAM role or user with least privilege instead."
+        ),
+        gating=True,
+    ),
+    CheckInfo(
+        id="iam.access_key_rotated",
+        control=Soc2Control.CC6_1,
+        service=Service.IAM,
+        severity=Severity.MEDIUM,
+        title="Active access keys are rotated within the key age limit",
+        remediation=(
+            "Create a second key for the user, move every consumer to it, then deactivate and delete the old key "
+            "(IAM -> Users -> <user> -> Security credentials). Prefer roles with temporary credentials."
+        ),
+        gating=False,
+    ),
+    CheckInfo(
+        id="iam.access_key_unused",
+        control=Soc2Control.CC6_1,
+        service=Service.IAM,
+        severity=Severity.MEDIUM,
+        title="Active access keys are in use",
+        remediation=(
+            "Deactivate the unused key (IAM -> Users -> <user> -> Security credentials -> Make inactive), wait to "
+            "see that nothing breaks, then delete it."
+        ),
+        gating=False,
+    ),
+    CheckInfo(
+        id="iam.user_two_active_keys",
+        control=Soc2Control.CC6_1,
+        service=Service.IAM,
+        severity=Severity.LOW,
+        title="Users have at most one active access key",
+        remediation=("Keep two active keys only while rotating: finish the rotation and deactivate the older key."),
+        gating=False,
+    ),
+    CheckInfo(
         id="s3.bucket_default_encryption",
         control=Soc2Control.CC6_7,
         service=Service.S3,
@@ -69,11 +127,60 @@ CATALOG: tuple[CheckInfo, ...] = (
         gating=True,
     ),
     CheckInfo(
+        id="s3.bucket_sse_kms",
+        control=Soc2Control.CC6_7,
+        service=Service.S3,
+        severity=Severity.LOW,
+        title="S3 buckets encrypt with KMS keys (SSE-KMS or DSSE-KMS)",
+        remediation=(
+            "For data that needs key-level access control and audit, set the bucket's default encryption to "
+            "SSE-KMS with a customer managed key and enable the S3 Bucket Key to reduce KMS costs."
+        ),
+        gating=False,
+    ),
+    CheckInfo(
+        id="s3.bucket_versioning",
+        control=Soc2Control.CC6_7,
+        service=Service.S3,
+        severity=Severity.MEDIUM,
+        title="S3 buckets keep object versions",
+        remediation=(
+            "S3 -> <bucket> -> Properties -> Bucket Versioning -> Edit -> Enable, or `aws s3api "
+            "put-bucket-versioning --versioning-configuration Status=Enabled`; add a lifecycle rule for old versions."
+        ),
+        gating=False,
+    ),
+    CheckInfo(
+        id="s3.bucket_access_logging",
+        control=Soc2Control.CC6_7,
+        service=Service.S3,
+        severity=Severity.LOW,
+        title="S3 buckets log server access",
+        remediation=(
+            "S3 -> <bucket> -> Properties -> Server access logging -> Edit: enable and choose a separate log bucket "
+            "(or record S3 data events with CloudTrail)."
+        ),
+        gating=False,
+    ),
+    CheckInfo(
+        id="s3.bucket_public_access_block",
+        control=Soc2Control.CC6_7,
+        service=Service.S3,
+        severity=Severity.HIGH,
+        title="S3 buckets block all public access",
+        remediation=(
+            "S3 -> <bucket> -> Permissions -> Block public access -> Edit: turn on all four settings (or `aws "
+            "s3api put-public-access-block` with BlockPublicAcls, IgnorePublicAcls, BlockPublicPolicy and "
+            "RestrictPublicBuckets set to true)."
+        ),
+        gating=False,
+    ),
+    CheckInfo(
         id="cloudtrail.multi_region_logging",
         control=Soc2Control.CC7_2,
         service=Service.CLOUDTRAIL,
         severity=Severity.HIGH,
-        title="A multi-region CloudTrail trail is logging",
+        title="A multi-region CloudTrail trail is logging with log-file validation",
         remediation=(
             "CloudTrail -> Trails -> Create trail: apply it to all regions, enable log file validation and deliver "
             "to an S3 bucket; or `aws cloudtrail update-trail --is-multi-region-trail` on an existing trail and "
@@ -88,6 +195,73 @@ CATALOG: tuple[CheckInfo, ...] = (
         severity=Severity.MEDIUM,
         title="Every CloudTrail trail is logging",
         remediation="Start the trail (`aws cloudtrail start-logging --name <trail>`) or delete it if it is unused.",
+        gating=False,
+    ),
+    CheckInfo(
+        id="cloudtrail.trail_log_file_validation",
+        control=Soc2Control.CC7_2,
+        service=Service.CLOUDTRAIL,
+        severity=Severity.MEDIUM,
+        title="CloudTrail trails validate their log files",
+        remediation="`aws cloudtrail update-trail --name <trail> --enable-log-file-validation`.",
+        gating=False,
+    ),
+    CheckInfo(
+        id="cloudtrail.trail_delivery",
+        control=Soc2Control.CC7_2,
+        service=Service.CLOUDTRAIL,
+        severity=Severity.MEDIUM,
+        title="CloudTrail trails delivered logs in the last 24 hours without error",
+        remediation=(
+            "Check the trail's S3 bucket policy and KMS key policy allow CloudTrail to write (the delivery error "
+            "says which), and that the bucket still exists."
+        ),
+        gating=False,
+    ),
+    CheckInfo(
+        id="cloudtrail.trail_kms",
+        control=Soc2Control.CC7_2,
+        service=Service.CLOUDTRAIL,
+        severity=Severity.LOW,
+        title="CloudTrail logs are encrypted with a KMS key",
+        remediation=(
+            "`aws cloudtrail update-trail --name <trail> --kms-key-id <key>` (the key policy must allow CloudTrail)."
+        ),
+        gating=False,
+    ),
+    CheckInfo(
+        id="cloudtrail.management_events",
+        control=Soc2Control.CC7_2,
+        service=Service.CLOUDTRAIL,
+        severity=Severity.MEDIUM,
+        title="CloudTrail trails record read and write management events",
+        remediation=(
+            "Edit the trail's event selectors to include management events with ReadWriteType All "
+            "(`aws cloudtrail put-event-selectors`)."
+        ),
+        gating=False,
+    ),
+    CheckInfo(
+        id="cloudtrail.region_coverage",
+        control=Soc2Control.CC7_2,
+        service=Service.CLOUDTRAIL,
+        severity=Severity.MEDIUM,
+        title="Every enabled region is covered by a logging trail",
+        remediation=(
+            "Make an existing logging trail multi-region (`aws cloudtrail update-trail --is-multi-region-trail`)."
+        ),
+        gating=False,
+    ),
+    CheckInfo(
+        id="cloudtrail.recent_activity",
+        control=Soc2Control.CC7_2,
+        service=Service.CLOUDTRAIL,
+        severity=Severity.LOW,
+        title="CloudTrail shows API activity in the last 24 hours",
+        remediation=(
+            "No recent event usually means logging stopped or the region is unused; check the trail's status and "
+            "`aws cloudtrail lookup-events --max-results 1`."
+        ),
         gating=False,
     ),
 )

@@ -74,6 +74,15 @@ class Settings(BaseSettings):
         "all", description="Users whose missing MFA fails CC6.1: `all` IAM users, or only `console` users."
     )
     aws_concurrency: int = Field(8, ge=1, le=64, description="Concurrent AWS calls per scan.")
+    access_key_max_age_days: int = Field(
+        90,
+        ge=1,
+        le=3650,
+        description="Access keys older (or unused for longer) than this many days fail the key checks.",
+    )
+    lookup_events_rate: float = Field(
+        2.0, gt=0, le=2.0, description="CloudTrail LookupEvents requests per second per account and region (AWS: 2)."
+    )
 
     # --- evidence --------------------------------------------------------------------------
     database_url: str | None = Field(
