@@ -239,6 +239,37 @@ class DeadLetter(_Internal):
 
 
 # ---------------------------------------------------------------------------------------------
+# Connection test (request/reply on kushim.api.connection-test)
+# ---------------------------------------------------------------------------------------------
+
+
+class ConnectionTestRequest(_External):
+    """Ask Kushim whether its AWS credentials reach every service it reads (and the evidence bucket)."""
+
+    schema_version: Literal[1] = 1
+    request_id: RequestId | None = Field(None, description="Echoed in the answer.")
+
+
+class ServiceConnection(_Internal):
+    service: str = Field(description="sts, iam, s3, cloudtrail or evidence-bucket.")
+    connected: bool
+    api_call: str = Field(description="The probe call, e.g. iam:ListUsers.")
+    code: str | None = Field(None, description="AWS error code when not connected.")
+    message: str | None = None
+    fix: str | None = Field(None, description="What to change, in plain words.")
+
+
+class ConnectionTestResult(_Internal):
+    schema_version: Literal[1] = 1
+    request_id: str | None = None
+    ok: bool = Field(description="True when every probe connected.")
+    account_id: str | None = Field(None, description="The account the credentials belong to, when known.")
+    region: str
+    services: list[ServiceConnection]
+    error: str | None = Field(None, description="Set when the request itself was invalid.")
+
+
+# ---------------------------------------------------------------------------------------------
 # Reports (request/reply on kushim.api.report)
 # ---------------------------------------------------------------------------------------------
 

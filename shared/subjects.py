@@ -31,6 +31,8 @@ DLQ_PREFIX: Final = "kushim.dlq"
 # --- request/reply (core NATS, no stream) ---------------------------------------------------
 REPORT_REQUEST: Final = "kushim.api.report"
 """Paged report of a run, answered by the evidence service (ReportRequest -> ReportPage)."""
+CONNECTION_TEST: Final = "kushim.api.connection-test"
+"""Connection test of the AWS credentials, answered by the scheduler (ConnectionTestRequest -> ConnectionTestResult)."""
 
 # --- streams --------------------------------------------------------------------------------
 STREAM_RUNS: Final = "KUSHIM_RUNS"

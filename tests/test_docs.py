@@ -40,6 +40,7 @@ def all_subjects() -> list[str]:
         subjects.RUNS_COMPLETED,
         subjects.RUNS_REJECTED,
         subjects.REPORT_REQUEST,
+        subjects.CONNECTION_TEST,
         subjects.STREAM_RUNS,
         subjects.STREAM_CHECKS,
         subjects.STREAM_FINDINGS,
@@ -71,6 +72,9 @@ MESSAGES: list[type[BaseModel]] = [
     messages.DeadLetter,
     messages.ReportRequest,
     messages.ReportPage,
+    messages.ConnectionTestRequest,
+    messages.ConnectionTestResult,
+    messages.ServiceConnection,
 ]
 
 
@@ -86,7 +90,9 @@ def test_every_check_is_in_the_readme(check_id: str) -> None:
     assert f"`{check_id}`" in README
 
 
-@pytest.mark.parametrize("command", ["demo", "up", "check", "report", "serve", "controls", "policy", "settings"])
+@pytest.mark.parametrize(
+    "command", ["demo", "up", "check", "report", "serve", "connect", "controls", "policy", "settings"]
+)
 def test_every_command_is_in_the_readme(command: str) -> None:
     assert f"`kushim {command}" in README
 

@@ -17,6 +17,8 @@ from nats.js.api import PubAck
 
 from shared import subjects
 from shared.messages import (
+    ConnectionTestRequest,
+    ConnectionTestResult,
     Finding,
     ReportPage,
     ReportRequest,
@@ -180,6 +182,18 @@ class KushimClient:
                 f"the evidence service did not answer on {subjects.REPORT_REQUEST} ({exc or type(exc).__name__})"
             ) from exc
         return ReportPage.model_validate_json(reply.data)
+
+    async def connection_test(self, request_id: str | None = None, timeout: float = 60.0) -> ConnectionTestResult:
+        request = ConnectionTestRequest(request_id=request_id)
+        try:
+            reply = await self._nc.request(
+                subjects.CONNECTION_TEST, request.model_dump_json().encode(), timeout=timeout
+            )
+        except Exception as exc:
+            raise CouldNotRun(
+                f"the scheduler did not answer on {subjects.CONNECTION_TEST} ({exc or type(exc).__name__})"
+            ) from exc
+        return ConnectionTestResult.model_validate_json(reply.data)
 
     async def report(
         self, *, run_id: str | None = None, request_id: str | None = None, account_id: str | None = None

@@ -31,7 +31,7 @@ from services.cli.state import SERVICE_NAMES, clear_state, read_state_url, write
 from shared.consume import validation_reason
 from shared.controls import CATALOG, CONTROL_TITLES, gating_table
 from shared.log import configure_logging
-from shared.messages import AccountId, Service
+from shared.messages import AccountId, ConnectionTestResult, Service
 from shared.permissions import IAM_ACTIONS, read_only_policy
 from shared.settings import Settings
 
@@ -275,6 +275,50 @@ def serve(
     except Exception as exc:
         err.print(f"[red]{service} could not start:[/red] {type(exc).__name__}: {exc}")
         raise typer.Exit(render.EXIT_COULD_NOT_RUN) from None
+
+
+@app.command()
+def connect(
+    remote: Annotated[
+        bool, typer.Option("--remote", help="Ask the running Kushim (its scheduler) instead of testing from here.")
+    ] = False,
+    output: Annotated[Output, typer.Option("--output", "-o", help="table or json.")] = Output.table,
+) -> None:
+    """Test the AWS connection: IAM, S3, CloudTrail and the evidence bucket, each Connected or the exact failure
+    with its fix. Exit 0 when everything connects, 4 otherwise."""
+    from shared.aws import AwsClients
+    from shared.connect import check_connection
+
+    settings = _settings()
+    configure_logging("WARNING", settings.log_format)
+
+    async def local() -> ConnectionTestResult:
+        return await check_connection(settings, AwsClients(settings))
+
+    async def via_nats() -> ConnectionTestResult:
+        client = await KushimClient.connect(_broker_url(settings))
+        try:
+            return await client.connection_test(request_id=f"cli-{uuid.uuid4().hex}")
+        finally:
+            await client.close()
+
+    try:
+        result = asyncio.run(via_nats() if remote else local())
+    except CouldNotRun as exc:
+        err.print(f"[red]Could not run:[/red] {exc}")
+        raise typer.Exit(render.EXIT_COULD_NOT_RUN) from None
+    if output is Output.json:
+        out.print_json(result.model_dump_json())
+    else:
+        account = result.account_id or "unknown"
+        out.print(f"AWS account {account}, region {result.region}")
+        for probe in result.services:
+            if probe.connected:
+                out.print(f"  [green]✓[/green] {probe.service:<16} Connected ({probe.api_call})")
+            else:
+                out.print(f"  [red]✗[/red] {probe.service:<16} {probe.code}: {probe.message}")
+                out.print(f"    [dim]fix: {probe.fix}[/dim]")
+    raise typer.Exit(render.EXIT_OK if result.ok else render.EXIT_COULD_NOT_RUN)
 
 
 @app.command()

@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 
 import structlog
+from faststream import AckPolicy
 from faststream.nats import NatsMessage
+from pydantic import ValidationError
 
 from services.scheduler.cron import CronLoop
 from services.scheduler.planner import Planner
+from shared import subjects
 from shared.aws import AwsClients
-from shared.consume import Consumer
-from shared.messages import RunRequested
+from shared.connect import check_connection
+from shared.consume import Consumer, validation_reason
+from shared.messages import ConnectionTestRequest, ConnectionTestResult, RunRequested
 from shared.nats import durable_subscriber, make_broker, scheduler_consumer
 from shared.service import ServiceApp
 from shared.settings import Settings
@@ -38,7 +42,8 @@ class CallerAccount:
 
 def create_service(settings: Settings, *, url: str, aws: AwsClients | None = None) -> ServiceApp:
     broker = make_broker(url, name="scheduler", settings=settings)
-    accounts = CallerAccount(aws or AwsClients(settings))
+    aws = aws or AwsClients(settings)
+    accounts = CallerAccount(aws)
     planner = Planner(broker=broker, settings=settings, known_accounts=accounts)
     spec = scheduler_consumer()
     consumer: Consumer[RunRequested] = Consumer(
@@ -54,6 +59,27 @@ def create_service(settings: Settings, *, url: str, aws: AwsClients | None = Non
     @durable_subscriber(broker, spec, description="Validates RunRequested and fans out one CheckRequested per pair.")
     async def on_run_requested(msg: NatsMessage) -> None:
         await consumer(msg)
+
+    # Core request/reply (no stream): nothing to ack; FastStream accepts only MANUAL on a core subscription.
+    @broker.subscriber(
+        subjects.CONNECTION_TEST,
+        queue="scheduler",
+        ack_policy=AckPolicy.MANUAL,
+        title=f"scheduler:{subjects.CONNECTION_TEST}",
+        description="Answers a ConnectionTestRequest with a ConnectionTestResult (one probe per AWS service).",
+    )
+    async def on_connection_test(msg: NatsMessage) -> bytes:
+        structlog.contextvars.clear_contextvars()
+        try:
+            request = ConnectionTestRequest.model_validate_json(msg.body)
+        except ValidationError as exc:
+            reason = validation_reason(exc)
+            log.warning("connection_test_rejected", reason=reason)
+            result = ConnectionTestResult(ok=False, region=settings.aws_region, services=[], error=reason)
+            return result.model_dump_json().encode()
+        result = await check_connection(settings, aws, request.request_id)
+        log.info("connection_tested", ok=result.ok, failed=[s.service for s in result.services if not s.connected])
+        return result.model_dump_json().encode()
 
     async def resolve_accounts() -> None:
         await accounts()
