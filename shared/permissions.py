@@ -36,14 +36,57 @@ IAM_ACTIONS: Mapping[tuple[str, str], str] = {
 }
 
 
+COLLECTOR_OPERATIONS: Mapping[str, tuple[tuple[str, str], ...]] = {
+    "iam": (
+        ("sts", "GetCallerIdentity"),
+        ("iam", "GenerateCredentialReport"),
+        ("iam", "GetCredentialReport"),
+        # the per-user path, used when the credential report is denied
+        ("iam", "ListUsers"),
+        ("iam", "ListMFADevices"),
+        ("iam", "GetLoginProfile"),
+        ("iam", "ListAccessKeys"),
+        ("iam", "GetAccessKeyLastUsed"),
+        ("iam", "GetAccountSummary"),
+    ),
+    "s3": (
+        ("sts", "GetCallerIdentity"),
+        ("s3", "ListBuckets"),
+        ("s3", "GetBucketLocation"),
+        ("s3", "GetBucketEncryption"),
+        ("s3", "GetBucketVersioning"),
+        ("s3", "GetBucketLogging"),
+        ("s3", "GetPublicAccessBlock"),
+    ),
+    "cloudtrail": (
+        ("sts", "GetCallerIdentity"),
+        ("cloudtrail", "DescribeTrails"),
+        ("cloudtrail", "GetTrailStatus"),
+        ("cloudtrail", "GetEventSelectors"),
+        ("cloudtrail", "LookupEvents"),
+    ),
+}
+"""Every AWS operation each collector may call (all data paths); `kushim policy` is generated from this."""
+
+EVIDENCE_BUCKET_OPERATIONS: tuple[tuple[str, str], ...] = (
+    ("s3", "HeadBucket"),
+    ("s3", "PutObject"),
+    ("s3", "GetObject"),
+)
+"""What the evidence service does to the evidence bucket: check it at start, write documents, read one back when
+a create-only put finds it already there."""
+
+
 def iam_action(service: str, operation: str) -> str:
     """The IAM action that authorises an operation; falls back to `service:Operation` for unlisted ones."""
     return IAM_ACTIONS.get((service, operation), f"{service}:{operation}")
 
 
-def read_only_policy(operations: Iterable[tuple[str, str]], evidence_bucket_pattern: str) -> dict[str, object]:
-    """A least-privilege policy for the given read operations plus evidence uploads."""
+def read_only_policy(services: Iterable[str], evidence_bucket_pattern: str) -> dict[str, object]:
+    """The least-privilege policy for the given collectors plus evidence uploads."""
+    operations = {op for service in services for op in COLLECTOR_OPERATIONS[service]}
     actions = sorted({iam_action(svc, op) for svc, op in operations})
+    evidence = sorted({iam_action(svc, op) for svc, op in EVIDENCE_BUCKET_OPERATIONS})
     return {
         "Version": "2012-10-17",
         "Statement": [
@@ -51,7 +94,7 @@ def read_only_policy(operations: Iterable[tuple[str, str]], evidence_bucket_patt
             {
                 "Sid": "KushimEvidenceStorage",
                 "Effect": "Allow",
-                "Action": ["s3:PutObject", "s3:GetObject", "s3:ListBucket"],
+                "Action": evidence,
                 "Resource": [f"arn:aws:s3:::{evidence_bucket_pattern}", f"arn:aws:s3:::{evidence_bucket_pattern}/*"],
             },
         ],

@@ -32,7 +32,7 @@ from shared.consume import validation_reason
 from shared.controls import CATALOG, CONTROL_TITLES, gating_table
 from shared.log import configure_logging
 from shared.messages import AccountId, ConnectionTestResult, Service
-from shared.permissions import IAM_ACTIONS, read_only_policy
+from shared.permissions import read_only_policy
 from shared.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -344,12 +344,14 @@ def controls() -> None:
 @app.command()
 def policy(
     bucket_pattern: Annotated[str, typer.Option(help="Evidence bucket name or pattern.")] = "kushim-evidence-storage-*",
+    service: Annotated[
+        list[Service] | None, typer.Option("--service", "-s", help="Only these collectors (default: all).")
+    ] = None,
 ) -> None:
-    """Print the least-privilege IAM policy for the checks Kushim runs."""
-    operations = [
-        key for key in IAM_ACTIONS if key[0] != "s3" or key[1] not in ("PutObject", "GetObject", "HeadBucket")
-    ]
-    out.print_json(json.dumps(read_only_policy(operations, bucket_pattern)))
+    """Print the least-privilege, read-only IAM policy for the checks Kushim runs, plus the evidence bucket's object
+    actions. Generated from the operations each collector calls (AWS's Service Authorization Reference names)."""
+    services = [s.value for s in (service or list(Service))]
+    out.print_json(json.dumps(read_only_policy(services, bucket_pattern)))
 
 
 @app.command(name="settings")
