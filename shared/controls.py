@@ -267,9 +267,9 @@ CATALOG: tuple[CheckInfo, ...] = (
 )
 
 CONTROL_TITLES: Mapping[Soc2Control, str] = {
-    Soc2Control.CC6_1: "Logical access: IAM users authenticate with MFA",
-    Soc2Control.CC6_7: "Data security: S3 data is encrypted at rest",
-    Soc2Control.CC7_2: "Monitoring: CloudTrail records API activity in every region",
+    Soc2Control.CC6_1: "Logical access: MFA for IAM users and root, no root keys, access keys rotated and in use",
+    Soc2Control.CC6_7: "Data security: S3 data encrypted at rest, versioned, logged and not public",
+    Soc2Control.CC7_2: "Monitoring: validated CloudTrail logging in every region, delivered and active",
 }
 
 CONTROL_SERVICES: Mapping[Soc2Control, Service] = {

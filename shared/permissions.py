@@ -38,7 +38,6 @@ IAM_ACTIONS: Mapping[tuple[str, str], str] = {
 
 COLLECTOR_OPERATIONS: Mapping[str, tuple[tuple[str, str], ...]] = {
     "iam": (
-        ("sts", "GetCallerIdentity"),
         ("iam", "GenerateCredentialReport"),
         ("iam", "GetCredentialReport"),
         # the per-user path, used when the credential report is denied
@@ -50,7 +49,6 @@ COLLECTOR_OPERATIONS: Mapping[str, tuple[tuple[str, str], ...]] = {
         ("iam", "GetAccountSummary"),
     ),
     "s3": (
-        ("sts", "GetCallerIdentity"),
         ("s3", "ListBuckets"),
         ("s3", "GetBucketLocation"),
         ("s3", "GetBucketEncryption"),
@@ -59,14 +57,14 @@ COLLECTOR_OPERATIONS: Mapping[str, tuple[tuple[str, str], ...]] = {
         ("s3", "GetPublicAccessBlock"),
     ),
     "cloudtrail": (
-        ("sts", "GetCallerIdentity"),
         ("cloudtrail", "DescribeTrails"),
         ("cloudtrail", "GetTrailStatus"),
         ("cloudtrail", "GetEventSelectors"),
         ("cloudtrail", "LookupEvents"),
     ),
 }
-"""Every AWS operation each collector may call (all data paths); `kushim policy` is generated from this."""
+"""Every AWS operation each collector may call (all data paths); `kushim policy` is generated from this.
+sts:GetCallerIdentity (the account guard) needs no permission: AWS allows it to every principal."""
 
 EVIDENCE_BUCKET_OPERATIONS: tuple[tuple[str, str], ...] = (
     ("s3", "HeadBucket"),

@@ -132,7 +132,8 @@ async def test_a_scan_that_keeps_failing_ends_as_error_findings(
     assert len(attempts) == 3
     assert chunk.attempt == 3
     assert chunk.chunk_count == 1
-    assert {f.check_id for f in chunk.findings} == {"iam.user_mfa", "iam.console_user_mfa"}
+    assert {f.check_id for f in chunk.findings} == {check.id for check in IAM_SPEC.checks}
+    assert len(chunk.findings) == 7
     assert all(f.status is Status.ERROR and f.resource_id == "account" for f in chunk.findings)
     assert all("simulated outage" in f.details["error_message"] for f in chunk.findings)
     assert info.num_ack_pending == 0

@@ -30,7 +30,15 @@ from tests.conftest import MOTO_ACCOUNT, boto3_client
 EVIDENCE_BUCKET = "kushim-evidence-storage-demo"
 PLANTED_SECRET = "e2ePlantedSecretValueThatMustNeverBeLogged0"
 
+UPLOADS = "bucket/demo-app-uploads"
+EVIDENCE = "bucket/kushim-evidence-storage-demo"
+CUSTOMER = "bucket/demo-customer-data"
+TRAIL_LOGS = "bucket/demo-cloudtrail-logs"
+SINGLE = "trail/us-east-1/demo-single-region"
+ORG = "trail/us-east-1/demo-org-trail"
+
 TRUTH: set[tuple[str, str, str]] = {
+    # CC6.1: 6 users; alice, bob and svc-backup have MFA; alice, bob and carol have console passwords.
     ("iam.user_mfa", "user/alice", "PASS"),
     ("iam.user_mfa", "user/bob", "PASS"),
     ("iam.user_mfa", "user/carol", "FAIL"),
@@ -40,15 +48,46 @@ TRUTH: set[tuple[str, str, str]] = {
     ("iam.console_user_mfa", "user/alice", "PASS"),
     ("iam.console_user_mfa", "user/bob", "PASS"),
     ("iam.console_user_mfa", "user/carol", "FAIL"),
-    ("s3.bucket_default_encryption", "bucket/demo-app-uploads", "FAIL"),
-    ("s3.bucket_default_encryption", "bucket/kushim-evidence-storage-demo", "PASS"),
-    ("s3.bucket_default_encryption", "bucket/demo-customer-data", "PASS"),
-    ("s3.bucket_default_encryption", "bucket/demo-cloudtrail-logs", "PASS"),
+    ("iam.root_mfa", "root", "FAIL"),  # moto's root user never has MFA
+    ("iam.root_access_keys", "root", "PASS"),
+    # no user has an access key: no key findings
+    # CC6.7: 4 buckets
+    ("s3.bucket_default_encryption", UPLOADS, "FAIL"),
+    ("s3.bucket_default_encryption", EVIDENCE, "PASS"),
+    ("s3.bucket_default_encryption", CUSTOMER, "PASS"),
+    ("s3.bucket_default_encryption", TRAIL_LOGS, "PASS"),
+    ("s3.bucket_sse_kms", UPLOADS, "FAIL"),
+    ("s3.bucket_sse_kms", EVIDENCE, "FAIL"),
+    ("s3.bucket_sse_kms", CUSTOMER, "PASS"),
+    ("s3.bucket_sse_kms", TRAIL_LOGS, "FAIL"),
+    ("s3.bucket_versioning", UPLOADS, "FAIL"),
+    ("s3.bucket_versioning", EVIDENCE, "PASS"),
+    ("s3.bucket_versioning", CUSTOMER, "FAIL"),
+    ("s3.bucket_versioning", TRAIL_LOGS, "FAIL"),
+    ("s3.bucket_access_logging", UPLOADS, "FAIL"),
+    ("s3.bucket_access_logging", EVIDENCE, "FAIL"),
+    ("s3.bucket_access_logging", CUSTOMER, "FAIL"),
+    ("s3.bucket_access_logging", TRAIL_LOGS, "FAIL"),
+    ("s3.bucket_public_access_block", UPLOADS, "FAIL"),
+    ("s3.bucket_public_access_block", EVIDENCE, "PASS"),
+    ("s3.bucket_public_access_block", CUSTOMER, "FAIL"),
+    ("s3.bucket_public_access_block", TRAIL_LOGS, "PASS"),
+    # CC7.2: one single-region trail, one multi-region trail with validation and KMS; both logging everything
     ("cloudtrail.multi_region_logging", "account", "PASS"),
-    ("cloudtrail.trail_logging", "trail/us-east-1/demo-single-region", "PASS"),
-    ("cloudtrail.trail_logging", "trail/us-east-1/demo-org-trail", "PASS"),
+    ("cloudtrail.trail_logging", SINGLE, "PASS"),
+    ("cloudtrail.trail_logging", ORG, "PASS"),
+    ("cloudtrail.trail_log_file_validation", SINGLE, "FAIL"),
+    ("cloudtrail.trail_log_file_validation", ORG, "PASS"),
+    ("cloudtrail.trail_delivery", SINGLE, "PASS"),
+    ("cloudtrail.trail_delivery", ORG, "PASS"),
+    ("cloudtrail.trail_kms", SINGLE, "FAIL"),
+    ("cloudtrail.trail_kms", ORG, "PASS"),
+    ("cloudtrail.management_events", SINGLE, "PASS"),
+    ("cloudtrail.management_events", ORG, "PASS"),
+    ("cloudtrail.region_coverage", "region/us-east-1", "PASS"),
+    ("cloudtrail.recent_activity", "region/us-east-1", "ERROR"),  # moto has no LookupEvents
 }
-FINDINGS_PER_SERVICE = {"iam": 9, "s3": 4, "cloudtrail": 3}
+FINDINGS_PER_SERVICE = {"iam": 11, "s3": 20, "cloudtrail": 13}
 ENCRYPTION = {
     "bucket/kushim-evidence-storage-demo": "AES256",
     "bucket/demo-customer-data": "aws:kms",
@@ -79,7 +118,7 @@ async def test_demo_account_end_to_end(
     assert {(f.check_id, f.resource_id, f.status.value) for f in report.findings} == TRUTH
     assert exit_code(report) == EXIT_FAIL
     iam = next(s for s in report.services if s.service is Service.IAM)
-    assert iam.population == {"users": 6, "console_users": 3}
+    assert iam.population == {"users": 6, "console_users": 3, "active_access_keys": 0}
     assert iam.metrics["mfa_percent"] == 50.0
     assert iam.metrics["console_mfa_percent"] == 66.7
     carol = next(f for f in report.findings if f.check_id == "iam.user_mfa" and f.resource_id == "user/carol")
@@ -87,7 +126,9 @@ async def test_demo_account_end_to_end(
     assert carol.resource_arn == f"arn:aws:iam::{MOTO_ACCOUNT}:user/carol"
     assert carol.remediation
     for resource_id, algorithm in ENCRYPTION.items():
-        finding = next(f for f in report.findings if f.resource_id == resource_id)
+        finding = next(
+            f for f in report.findings if f.resource_id == resource_id and f.check_id == "s3.bucket_default_encryption"
+        )
         assert finding.details["algorithm"] == algorithm
 
     # --- the database ---
@@ -144,7 +185,7 @@ def cli_env(**extra: str) -> dict[str, str]:
 async def test_missing_collector_ends_incomplete_and_check_exits_3(
     make_settings: Callable[..., Settings], nats_server: EmbeddedNats, moto_endpoint: str
 ) -> None:
-    # An empty account passes CC6.1 and CC6.7; the CloudTrail collector never answers.
+    # An empty account passes CC6.7; the CloudTrail collector never answers.
     settings = make_settings(
         nats_url=nats_server.url,
         aws_endpoint_url=moto_endpoint,
@@ -153,15 +194,17 @@ async def test_missing_collector_ends_incomplete_and_check_exits_3(
     )
     services = ("evidence", "collector-iam", "collector-s3", "scheduler")
     async with running_stack(settings, services=services):
-        code, out, err = await _kushim("check", "--output", "json", env=cli_env(KUSHIM_NATS_URL=nats_server.url))
+        code, out, err = await _kushim(
+            "check", "-s", "s3", "-s", "cloudtrail", "--output", "json", env=cli_env(KUSHIM_NATS_URL=nats_server.url)
+        )
     assert code == EXIT_ERROR, err
     result = json.loads(out)
     assert result["status"] == "INCOMPLETE"
     assert result["missing"] == [{"account_id": MOTO_ACCOUNT, "service": "cloudtrail"}]
     assert result["controls"]["CC7.2"]["status"] == "ERROR"
     assert "cloudtrail" in result["controls"]["CC7.2"]["reason"]
-    assert result["controls"]["CC6.1"]["status"] == "PASS"
     assert result["controls"]["CC6.7"]["status"] == "PASS"
+    assert "CC6.1" not in result["controls"]  # IAM was not requested
 
 
 async def test_check_exits_4_when_the_broker_is_unreachable() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import tempfile
 import uuid
 from pathlib import Path
@@ -94,6 +95,8 @@ async def _run(home: Path, endpoint: str) -> Report:
 def run_demo() -> tuple[Report, list[str]]:
     from moto.server import ThreadedMotoServer
 
+    # moto logs every API it does not implement (LookupEvents) with a traceback: the finding says it already.
+    logging.getLogger("werkzeug").setLevel(logging.CRITICAL)
     moto: Any = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     moto.start()
     try:

@@ -2,8 +2,10 @@
 
 6 IAM users (3 with console passwords, one of them without MFA; 3 API-only, two of them without MFA) and a
 virtual MFA device that was created but never assigned (it must count for nobody); 4 buckets (no default
-encryption, SSE-S3 — the evidence bucket —, SSE-KMS, and the CloudTrail bucket with SSE-S3); 2 trails (one
-single-region and logging; one multi-region, logging, with log-file validation).
+encryption, SSE-S3 — the evidence bucket, versioned —, SSE-KMS, and the CloudTrail bucket with SSE-S3; the evidence
+and CloudTrail buckets block public access); 2 trails (one
+single-region and logging; one multi-region, logging, with log-file validation and a KMS key; both recording
+all management events).
 """
 
 from __future__ import annotations
@@ -75,6 +77,16 @@ def seed_demo_account(endpoint: str) -> None:
             },
         )
     s3.put_bucket_versioning(Bucket=DEMO_EVIDENCE_BUCKET, VersioningConfiguration={"Status": "Enabled"})
+    for bucket in (DEMO_EVIDENCE_BUCKET, DEMO_TRAIL_BUCKET):  # as the integration guide advises
+        s3.put_public_access_block(
+            Bucket=bucket,
+            PublicAccessBlockConfiguration={
+                "BlockPublicAcls": True,
+                "IgnorePublicAcls": True,
+                "BlockPublicPolicy": True,
+                "RestrictPublicBuckets": True,
+            },
+        )
     s3.create_bucket(Bucket="demo-customer-data")
     s3.put_bucket_encryption(
         Bucket="demo-customer-data",
@@ -89,12 +101,19 @@ def seed_demo_account(endpoint: str) -> None:
     )
 
     cloudtrail = _client(endpoint, "cloudtrail")
+    trail_key = kms.create_key(Description="demo CloudTrail key")["KeyMetadata"]["Arn"]
     cloudtrail.create_trail(Name="demo-single-region", S3BucketName=DEMO_TRAIL_BUCKET)
     cloudtrail.create_trail(
         Name="demo-org-trail",
         S3BucketName=DEMO_TRAIL_BUCKET,
         IsMultiRegionTrail=True,
         EnableLogFileValidation=True,
+        KmsKeyId=trail_key,
     )
     for trail in ("demo-single-region", "demo-org-trail"):
+        # AWS records all management events by default; moto needs to be told.
+        cloudtrail.put_event_selectors(
+            TrailName=trail,
+            EventSelectors=[{"ReadWriteType": "All", "IncludeManagementEvents": True}],
+        )
         cloudtrail.start_logging(Name=trail)

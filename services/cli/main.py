@@ -85,11 +85,11 @@ def _broker_url(settings: Settings) -> str:
     return url
 
 
-def _show(report: Report, output: Output) -> int:
+def _show(report: Report, output: Output, settings: Settings | None = None) -> int:
     if output is Output.json:
         render.print_json(report, out)
     else:
-        render.print_report(report, out)
+        render.print_report(report, out, gating_table(settings.mfa_scope) if settings else None)
     return render.exit_code(report)
 
 
@@ -141,7 +141,7 @@ def check(
     except CouldNotRun as exc:
         err.print(f"[red]Could not run:[/red] {exc}")
         raise typer.Exit(render.EXIT_COULD_NOT_RUN) from None
-    raise typer.Exit(_show(report, output))
+    raise typer.Exit(_show(report, output, settings))
 
 
 @app.command()
@@ -167,7 +167,7 @@ def report(
     except CouldNotRun as exc:
         err.print(f"[red]Could not read the report:[/red] {exc}")
         raise typer.Exit(render.EXIT_COULD_NOT_RUN) from None
-    raise typer.Exit(_show(result, output))
+    raise typer.Exit(_show(result, output, settings))
 
 
 @app.command()
@@ -179,7 +179,7 @@ def demo(
     the report. Never touches your AWS credentials. Exits 0 when the report is the expected one."""
     from services.cli.demo import run_demo
 
-    configure_logging("INFO" if verbose else "WARNING", "console")
+    configure_logging("INFO" if verbose else "ERROR", "console")
     started = time.monotonic()
     try:
         result, problems = run_demo()

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
 from services.cli.client import Report
-from shared.controls import CONTROL_SERVICES, CONTROL_TITLES
+from shared.controls import CONTROL_SERVICES, CONTROL_TITLES, gating_table
 from shared.messages import Finding, RunState, Service, Soc2Control, Status
 
 EXIT_OK = 0
@@ -99,7 +99,9 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f} %"
 
 
-def print_report(report: Report, console: Console) -> None:
+def print_report(report: Report, console: Console, gating: Mapping[str, bool] | None = None) -> None:
+    """The report for people. `gating` says which checks gate their control (default: the catalogue's)."""
+    gating = gating if gating is not None else gating_table()
     run = report.run
     console.print(f"[bold]Kushim compliance report[/bold]  run {run.run_id}  [bold]{run.state.value}[/bold]")
     console.print(f"requested {run.requested_at:%Y-%m-%d %H:%M:%S %Z} by {run.requested_by} (request {run.request_id})")
@@ -130,7 +132,7 @@ def print_report(report: Report, console: Console) -> None:
         for line in _service_lines(report, service):
             console.print(f"  {line}")
         findings = by_control.get(control, [])
-        _print_findings(console, control, findings)
+        _print_findings(console, control, findings, gating)
 
     errors = [f for f in report.findings if f.status is Status.ERROR]
     if errors:
@@ -169,32 +171,53 @@ def _service_lines(report: Report, service: Service) -> list[str]:
     return lines
 
 
-def _print_findings(console: Console, control: Soc2Control, findings: list[Finding]) -> None:
-    failing = [f for f in findings if f.status is Status.FAIL]
+MAX_LISTED = 10
+MFA_CHECKS = ("iam.user_mfa", "iam.console_user_mfa")
+
+
+def _print_findings(
+    console: Console, control: Soc2Control, findings: list[Finding], gating: Mapping[str, bool]
+) -> None:
+    """Per check (gating first): a count line, the failing resources (at most MAX_LISTED), and the fix."""
     if control is Soc2Control.CC6_1:
-        # Users without MFA, console users first; one line per user (both MFA checks name the same user).
-        users: dict[str, Finding] = {}
-        for f in failing:
-            if f.check_id == "iam.user_mfa" or f.resource_id not in users:
-                users[f.resource_id] = f
-        ordered = sorted(users.values(), key=lambda f: (not f.details.get("console_password", False), f.resource_id))
-        if ordered:
-            console.print(f"  Users without MFA ({len(ordered)}), console users first:")
-            for f in ordered:
-                kind = "console password" if f.details.get("console_password") else "API only"
-                console.print(f"    [red]✗[/red] {f.details.get('user_name', f.resource_id):<24} {kind}")
-        others = [f for f in failing if f.check_id not in ("iam.user_mfa", "iam.console_user_mfa")]
-    else:
-        others = failing
-    for f in sorted_findings(others):
-        console.print(f"  [red]✗[/red] {f.resource_id}: {f.summary}")
-    passing = [f for f in findings if f.status is Status.PASS]
-    if control is not Soc2Control.CC6_1:
-        for f in sorted_findings(passing):
-            console.print(f"  [green]✓[/green] {f.resource_id}: {f.summary}")
-    elif passing:
-        console.print(f"  {len({f.resource_id for f in passing})} user(s) pass")
-    if failing:
+        _print_users_without_mfa(console, findings)
+    by_check: dict[str, list[Finding]] = {}
+    for f in findings:
+        by_check.setdefault(f.check_id, []).append(f)
+    order = sorted(by_check, key=lambda c: (not gating.get(c, False), c))
+    for check_id in order:
+        group = by_check[check_id]
+        failing = sorted_findings(f for f in group if f.status is not Status.PASS)
+        passed = len(group) - len(failing)
+        role = "gating" if gating.get(check_id, False) else "advisory"
+        title = group[0].title
+        if not failing:
+            console.print(f"  [green]✓[/green] {title} [dim]({check_id}, {role})[/dim]: {passed} pass")
+            continue
+        fails = sum(1 for f in failing if f.status is Status.FAIL)
+        errors = len(failing) - fails
+        counts = ", ".join(p for p in (f"{fails} fail" if fails else "", f"{errors} error" if errors else "") if p)
+        mark = "[red]✗[/red]" if fails else "[yellow]![/yellow]"
+        console.print(f"  {mark} {title} [dim]({check_id}, {role})[/dim]: {counts}, {passed} pass")
+        if check_id in MFA_CHECKS:
+            continue  # listed above, user by user
+        for f in failing[:MAX_LISTED]:
+            console.print(f"      {f.resource_id}: {f.summary}")
+        if len(failing) > MAX_LISTED:
+            console.print(f"      … and {len(failing) - MAX_LISTED} more (--output json lists every finding)")
         remediation = next((f.remediation for f in failing if f.remediation), "")
-        if remediation:
-            console.print(f"  [dim]Fix: {remediation}[/dim]")
+        if fails and remediation:
+            console.print(f"      [dim]Fix: {remediation}[/dim]")
+
+
+def _print_users_without_mfa(console: Console, findings: list[Finding]) -> None:
+    users = {f.resource_id: f for f in findings if f.check_id == "iam.user_mfa" and f.status is Status.FAIL}
+    if not users:
+        return
+    ordered = sorted(users.values(), key=lambda f: (not f.details.get("console_password", False), f.resource_id))
+    console.print(f"  Users without MFA ({len(ordered)}), console users first:")
+    for f in ordered[: MAX_LISTED * 5]:
+        kind = "console password" if f.details.get("console_password") else "API only"
+        console.print(f"    [red]✗[/red] {f.details.get('user_name', f.resource_id)!s:<24} {kind}")
+    if len(ordered) > MAX_LISTED * 5:
+        console.print(f"    … and {len(ordered) - MAX_LISTED * 5} more (--output json lists every finding)")

@@ -24,19 +24,27 @@ def _mfa_percent(users: list[IamUser]) -> float | None:
 
 
 def summarize(snapshot: IamSnapshot) -> Summary:
-    """Population counts and MFA percentages; nothing is counted when the user list could not be read."""
+    """Population counts and metrics of IAM users (never the root user), plus root's MFA when it is known.
+
+    Nothing about users is counted when the user list could not be read; the active keys are not counted when any
+    user's keys could not be listed (a smaller count would pass for the truth).
+    """
+    metrics: dict[str, float] = {}
+    root = snapshot.root
+    if root is not None and root.error is None:
+        metrics["root_mfa"] = 1.0 if root.mfa_active else 0.0
     if snapshot.list_error is not None:
-        return Summary(population={}, metrics={}, regions=[GLOBAL])
+        return Summary(population={}, metrics=metrics, regions=[GLOBAL])
     users = list(snapshot.users)
     console_users = [user for user in users if user.console_password]
-    metrics: dict[str, float] = {}
     for key, group in (("mfa_percent", users), ("console_mfa_percent", console_users)):
         percent = _mfa_percent(group)
         if percent is not None:
             metrics[key] = percent
-    return Summary(
-        population={"users": len(users), "console_users": len(console_users)}, metrics=metrics, regions=[GLOBAL]
-    )
+    population = {"users": len(users), "console_users": len(console_users)}
+    if all(user.access_keys_error is None for user in users):
+        population["active_access_keys"] = sum(len(user.active_keys) for user in users)
+    return Summary(population=population, metrics=metrics, regions=[GLOBAL])
 
 
 SPEC: CollectorSpec[IamSnapshot] = CollectorSpec(

@@ -332,14 +332,17 @@ def expected_problems(run: RunStats, *, users: int, buckets: int) -> list[str]:
     """Differences between a run and what the seeded account must produce (a benchmark of a wrong run is void)."""
     console = sum(1 for i in range(users) if has_console(i))
     mfa = sum(1 for i in range(users) if has_mfa(i))
-    expected_findings = {"iam": users + console, "s3": buckets, "cloudtrail": 1 + len(TRAILS)}
+    # IAM: user_mfa per user, console_user_mfa per console user, root MFA and root keys (no user has keys);
+    # S3: five checks per bucket; CloudTrail: five per trail, plus multi-region, region coverage, recent activity.
+    expected_findings = {"iam": users + console + 2, "s3": 5 * buckets, "cloudtrail": 5 * len(TRAILS) + 3}
     problems: list[str] = []
     if run.state != RunState.COMPLETE.value:
         problems.append(f"{run.request_id}: state {run.state}")
     if run.findings != expected_findings:
         problems.append(f"{run.request_id}: findings {run.findings}, expected {expected_findings}")
-    if run.findings_by_status.get(Status.ERROR.value):
-        problems.append(f"{run.request_id}: {run.findings_by_status[Status.ERROR.value]} ERROR findings")
+    # moto does not implement LookupEvents: cloudtrail.recent_activity is ERROR in its one region, nothing else may be.
+    if run.findings_by_status.get(Status.ERROR.value, 0) != 1:
+        problems.append(f"{run.request_id}: {run.findings_by_status.get(Status.ERROR.value, 0)} ERROR findings")
     if run.population.get("iam", {}).get("users") != users:
         problems.append(f"{run.request_id}: IAM population {run.population.get('iam')}")
     mfa_percent = round(100.0 * mfa / users, 1) if users else None

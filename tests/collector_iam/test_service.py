@@ -139,8 +139,8 @@ async def test_findings_arrive_in_numbered_chunks_without_loss_or_duplicates(
     assert {c.chunk_count for c, _ in chunks} == {count}
     assert all(size <= 16384 for _, size in chunks)
     findings = [f for c, _ in chunks for f in c.findings]
-    assert len(findings) == 200
-    assert len({f.finding_id for f in findings}) == 200
+    assert len(findings) == 202
+    assert len({f.finding_id for f in findings}) == 202
     assert {(f.check_id, f.resource_id) for f in findings if f.check_id == "iam.user_mfa"} == {
         ("iam.user_mfa", f"user/user-{i:03d}") for i in range(150)
     }
@@ -152,17 +152,25 @@ async def test_findings_arrive_in_numbered_chunks_without_loss_or_duplicates(
         ("iam.user_mfa", Status.FAIL): 120,
         ("iam.console_user_mfa", Status.PASS): 10,
         ("iam.console_user_mfa", Status.FAIL): 40,
+        # moto's root: no MFA (AccountMFAEnabled is always 0), no access keys
+        ("iam.root_mfa", Status.FAIL): 1,
+        ("iam.root_access_keys", Status.PASS): 1,
     }
     assert {f.account_id for f in findings} == {MOTO_ACCOUNT}
     first = chunks[0][0]
-    assert first.population == {"users": 150, "console_users": 50}
-    assert first.metrics == {"mfa_percent": 20.0, "console_mfa_percent": 20.0}
+    assert first.population == {"users": 150, "console_users": 50, "active_access_keys": 0}
+    assert first.metrics == {"root_mfa": 0.0, "mfa_percent": 20.0, "console_mfa_percent": 20.0}
     assert first.regions == ["global"]
-    assert first.api_calls["iam:ListMFADevices"] == 150
-    assert first.api_calls["iam:GetLoginProfile"] == 150
+    # The credential report answers for all 150 users: no per-user calls.
+    assert first.api_calls == {
+        "iam:GenerateCredentialReport": 2,
+        "iam:GetAccountSummary": 1,
+        "iam:GetCredentialReport": 1,
+    }
+    assert {f.details["source"] for f in findings if f.resource_id.startswith("user/")} == {"credential_report"}
 
 
-async def test_account_without_users_sends_one_empty_chunk(
+async def test_account_without_users_sends_one_chunk_with_only_the_root_findings(
     make_settings: Callable[..., Settings], nats_server: EmbeddedNats, moto_endpoint: str
 ) -> None:
     settings = make_settings(nats_url=nats_server.url, aws_endpoint_url=moto_endpoint)
@@ -175,9 +183,14 @@ async def test_account_without_users_sends_one_empty_chunk(
 
     assert len(chunks) == 1
     ((chunk, _),) = chunks
-    assert (chunk.chunk_index, chunk.chunk_count, chunk.findings) == (0, 1, [])
-    assert chunk.population == {"users": 0, "console_users": 0}
-    assert chunk.metrics == {}
+    assert (chunk.chunk_index, chunk.chunk_count) == (0, 1)
+    # The root user is always there; no IAM user is.
+    assert {(f.check_id, f.resource_id, f.status) for f in chunk.findings} == {
+        ("iam.root_mfa", "root", Status.FAIL),
+        ("iam.root_access_keys", "root", Status.PASS),
+    }
+    assert chunk.population == {"users": 0, "console_users": 0, "active_access_keys": 0}
+    assert chunk.metrics == {"root_mfa": 0.0}
     assert len(everything) == 1
 
 

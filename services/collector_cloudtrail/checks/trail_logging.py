@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from services.collector_cloudtrail.snapshot import ACCOUNT_TYPE, TRAIL_TYPE, CloudTrailSnapshot
+from services.collector_cloudtrail.checks.common import trail_fields, unseen_regions
+from services.collector_cloudtrail.snapshot import TRAIL_TYPE, CloudTrailSnapshot
 from shared.checks import Outcome, check
 
 
 @check("cloudtrail.trail_logging")
 def trail_logging(snapshot: CloudTrailSnapshot) -> Iterator[Outcome]:
-    for failure in snapshot.describe_failures:
-        # The trails of this region are unknown: say so rather than report a smaller population.
-        yield Outcome.error(f"region/{failure.region}", ACCOUNT_TYPE, failure.error, region=failure.region)
+    # The trails of a region DescribeTrails could not list are unknown: say so rather than report a smaller population.
+    yield from unseen_regions(snapshot)
     for trail in snapshot.trails:
-        fields = {"resource_arn": trail.arn, "region": trail.home_region, "details": trail.details()}
+        fields = trail_fields(trail)
         if trail.status_error is not None:
             yield Outcome.error(trail.resource_id, TRAIL_TYPE, trail.status_error, **fields)
         elif trail.status is None:

@@ -1,27 +1,27 @@
-"""iam.user_mfa: every IAM user has an MFA device assigned."""
+"""iam.user_mfa: every IAM user has an MFA device assigned (the root user is judged by iam.root_mfa)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
-from services.collector_iam.snapshot import ACCOUNT_RESOURCE, ACCOUNT_TYPE, GLOBAL, USER_TYPE, IamSnapshot
+from services.collector_iam.checks._common import account_error, user_error, user_fields
+from services.collector_iam.snapshot import USER_TYPE, IamSnapshot
 from shared.checks import Outcome, check
 
 
 @check("iam.user_mfa")
 def user_mfa(snapshot: IamSnapshot) -> Iterator[Outcome]:
     if snapshot.list_error is not None:
-        yield Outcome.error(ACCOUNT_RESOURCE, ACCOUNT_TYPE, snapshot.list_error, region=GLOBAL)
+        yield account_error(snapshot.list_error)
         return
     for user in snapshot.users:
-        fields = {"resource_arn": user.arn, "region": GLOBAL, "details": user.details()}
         if user.mfa_error is not None:
-            yield Outcome.error(user.resource_id, USER_TYPE, user.mfa_error, **fields)
+            yield user_error(snapshot, user, user.mfa_error)
             continue
+        fields = user_fields(snapshot, user)
         console = {True: "yes", False: "no", None: "unknown"}[user.console_password]
-        if user.mfa_devices:
-            count = len(user.mfa_devices)
-            summary = f"{user.name} has {count} MFA device{'s' if count > 1 else ''} (console password: {console})"
+        if user.mfa_active:
+            summary = f"{user.name} has an MFA device (console password: {console})"
             yield Outcome.ok(user.resource_id, USER_TYPE, summary, **fields)
         else:
             summary = f"{user.name} has no MFA device (console password: {console})"

@@ -14,10 +14,12 @@ def bucket_default_encryption(snapshot: S3Snapshot) -> Iterator[Outcome]:
         yield Outcome.error(ACCOUNT_RESOURCE, ACCOUNT_TYPE, snapshot.list_error, region=GLOBAL)
         return
     for bucket in snapshot.buckets:
-        fields = {"resource_arn": bucket.arn, "region": bucket.region or GLOBAL, "details": bucket.details()}
-        if bucket.error is not None:
-            yield Outcome.error(bucket.resource_id, BUCKET_TYPE, bucket.error, **fields)
-        elif bucket.encryption is None:
+        error = bucket.failure(bucket.encryption_error)
+        if error is not None:
+            yield Outcome.error(bucket.resource_id, BUCKET_TYPE, error, **bucket.fields(bucket.error_details()))
+            continue
+        fields = bucket.fields(bucket.encryption_details())
+        if bucket.encryption is None:
             yield Outcome.fail(bucket.resource_id, BUCKET_TYPE, "no default server-side encryption", **fields)
         else:
             summary = f"default encryption {bucket.encryption.describe()}"
