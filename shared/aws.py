@@ -15,6 +15,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, overload
 
+import structlog
 from aiobotocore.config import AioConfig
 from aiobotocore.session import AioSession, get_session
 from botocore.exceptions import (
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
     from types_aiobotocore_iam import IAMClient
     from types_aiobotocore_s3 import S3Client
     from types_aiobotocore_sts import STSClient
+
+log = structlog.get_logger(__name__)
 
 ACCESS_DENIED_CODES = frozenset(
     {
@@ -103,6 +106,17 @@ def classify_error(service: str, operation: str, exc: BaseException) -> AwsCallE
     if isinstance(exc, BotoCoreError):
         return AwsCallError(service, operation, type(exc).__name__, str(exc)[:500], permission, False)
     return AwsCallError(service, operation, type(exc).__name__, str(exc)[:500], permission, False)
+
+
+def recorded_error(service: str, operation: str, exc: BaseException, **context: str) -> AwsCallError:
+    """The error a collector records in its snapshot (an ERROR finding later); raises TransientAwsError instead when
+    retrying later may succeed (throttling after botocore's retries, 5xx, connection)."""
+    err = classify_error(service, operation, exc)
+    if err.transient:
+        log.warning("aws_call_transient", api_call=f"{service}:{operation}", code=err.code, **context)
+        raise TransientAwsError(f"{service}:{operation} failed ({err.code}): {err.message}") from exc
+    log.warning("aws_call_failed", api_call=f"{service}:{operation}", code=err.code, **context)
+    return err
 
 
 def error_code(exc: BaseException) -> str | None:

@@ -162,7 +162,12 @@ def _service_lines(report: Report, service: Service) -> list[str]:
                 f"(console users: {_pct(met.get('console_mfa_percent'))} of {pop.get('console_users', 0)})"
             )
         elif service is Service.S3 and "buckets" in pop:
-            lines.append(f"{prefix}{pop['buckets']} buckets, {_pct(met.get('encrypted_percent'))} encrypted by default")
+            lines.append(
+                f"{prefix}{pop['buckets']} buckets: {_pct(met.get('encrypted_percent'))} encrypted by default, "
+                f"{_pct(met.get('kms_percent'))} with KMS, {_pct(met.get('versioning_percent'))} versioned, "
+                f"{_pct(met.get('logging_percent'))} logged, "
+                f"{_pct(met.get('public_access_blocked_percent'))} blocking public access"
+            )
         elif service is Service.CLOUDTRAIL and "trails" in pop:
             lines.append(
                 f"{prefix}{pop['trails']} trails, {int(met.get('logging_trails', 0))} logging; "

@@ -42,7 +42,8 @@ from services.collector_cloudtrail.snapshot import (
     Trail,
     TrailStatus,
 )
-from shared.aws import ApiCallCounter, AwsCallError, AwsClients, TransientAwsError, classify_error
+from shared.aws import ApiCallCounter, AwsCallError, AwsClients, classify_error, recorded_error
+from shared.concurrency import bounded
 from shared.messages import CheckRequested
 from shared.permissions import iam_action
 from shared.settings import Settings
@@ -144,8 +145,8 @@ async def scan(
         for region in inspected:
             await open_client(region)
         described, activity = await _both(
-            _bounded(gate, inspected, lambda region: _describe(clients[region], region)),
-            _bounded(gate, inspected, lookup),
+            bounded(gate, inspected, lambda region: _describe(clients[region], region)),
+            bounded(gate, inspected, lookup),
         )
         trails: dict[str, Trail] = {}
         failures: list[RegionFailure] = []
@@ -161,8 +162,8 @@ async def scan(
             await open_client(home)
         ordered = sorted(trails.values(), key=lambda t: (t.home_region, t.name, t.arn))
         statuses, selectors = await _both(
-            _bounded(gate, ordered, lambda trail: _read_status(clients[trail.home_region], trail)),
-            _bounded(gate, ordered, lambda trail: _read_selectors(clients[trail.home_region], trail)),
+            bounded(gate, ordered, lambda trail: _read_status(clients[trail.home_region], trail)),
+            bounded(gate, ordered, lambda trail: _read_selectors(clients[trail.home_region], trail)),
         )
     read = tuple(
         replace(trail, event_selectors=found, event_selectors_error=error)
@@ -342,13 +343,9 @@ def _tidy(err: AwsCallError) -> AwsCallError:
 
 
 def _recorded(operation: str, exc: BaseException, **context: str) -> AwsCallError:
-    """The error to record in the snapshot; raises TransientAwsError when retrying later may succeed."""
-    err = classify_error(SERVICE, operation, exc)
-    if err.transient:
-        log.warning("aws_call_transient", api_call=f"{SERVICE}:{operation}", code=err.code, **context)
-        raise TransientAwsError(f"{SERVICE}:{operation} failed ({err.code}): {err.message}") from exc
-    log.warning("aws_call_failed", api_call=f"{SERVICE}:{operation}", code=err.code, **context)
-    return _tidy(err)
+    """The error to record in the snapshot, with HTML error pages shortened; raises TransientAwsError when
+    retrying later may succeed."""
+    return _tidy(recorded_error(SERVICE, operation, exc, **context))
 
 
 async def _both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
@@ -366,25 +363,3 @@ async def _both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
 
 async def _awaited(awaitable: Awaitable[T]) -> T:
     return await awaitable
-
-
-async def _bounded(limit: int | asyncio.Semaphore, items: Iterable[T], fn: Callable[[T], Awaitable[R]]) -> list[R]:
-    """`fn` over every item, at most `limit` at a time (a number, or a semaphore shared with other calls), results
-    in input order.
-
-    The first failure cancels the rest and is raised as itself (not as an ExceptionGroup).
-    """
-    semaphore = asyncio.Semaphore(limit) if isinstance(limit, int) else limit
-
-    async def one(item: T) -> R:
-        async with semaphore:
-            return await fn(item)
-
-    try:
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(one(item)) for item in items]
-    except ExceptionGroup as failed:
-        first = failed.exceptions[0]
-    else:
-        return [task.result() for task in tasks]
-    raise first  # outside the handler: keeps its own cause (the botocore error), not the group

@@ -15,7 +15,7 @@ call and the missing permission; a transient one (throttling after botocore's re
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TypeVar
 
@@ -24,7 +24,15 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from services.collector_iam.report import CredentialReport, ReportFormatError, parse_credential_report
 from services.collector_iam.snapshot import DEFAULT_KEY_MAX_AGE_DAYS, AccessKey, IamSnapshot, IamUser, RootUser
-from shared.aws import ApiCallCounter, AwsCallError, AwsClients, TransientAwsError, classify_error, error_code
+from shared.aws import (
+    ApiCallCounter,
+    AwsCallError,
+    AwsClients,
+    TransientAwsError,
+    error_code,
+    recorded_error,
+)
+from shared.concurrency import bounded
 from shared.messages import CheckRequested
 from shared.permissions import iam_action
 from shared.settings import Settings
@@ -96,10 +104,10 @@ async def scan(
     try:
         listed = await _list_users(iam)
     except AWS_ERRORS as exc:
-        list_error = _recorded("ListUsers", exc)
+        list_error = recorded_error(SERVICE, "ListUsers", exc)
     else:
         log.debug("iam_users_listed", users=len(listed))
-        read = await _bounded(concurrency, listed, lambda user: _read_user(iam, user))
+        read = await bounded(concurrency, listed, lambda user: _read_user(iam, user))
         users = tuple(sorted(read, key=lambda user: user.name))
     return IamSnapshot(
         users=users,
@@ -133,14 +141,14 @@ async def _credential_report(iam: IAMClient, poll_delays: Sequence[float]) -> Cr
             state = (await iam.generate_credential_report())["State"]
         except AWS_ERRORS as exc:
             if error_code(exc) not in REPORT_RETRY_CODES:
-                raise _ReportUnavailable(_recorded("GenerateCredentialReport", exc)) from exc
+                raise _ReportUnavailable(recorded_error(SERVICE, "GenerateCredentialReport", exc)) from exc
             state = "INPROGRESS"
         if state == READY:
             try:
                 response = await iam.get_credential_report()
             except AWS_ERRORS as exc:
                 if error_code(exc) not in REPORT_RETRY_CODES:
-                    raise _ReportUnavailable(_recorded("GetCredentialReport", exc)) from exc
+                    raise _ReportUnavailable(recorded_error(SERVICE, "GetCredentialReport", exc)) from exc
                 state = f"GetCredentialReport: {error_code(exc)}"
             else:
                 # AWS serves a report up to four hours old: users created since then are not in it yet.
@@ -174,7 +182,7 @@ async def _root_from_summary(iam: IAMClient, arn: str) -> RootUser:
     try:
         summary = (await iam.get_account_summary())["SummaryMap"]
     except AWS_ERRORS as exc:
-        return RootUser(arn=arn, error=_recorded(operation, exc))
+        return RootUser(arn=arn, error=recorded_error(SERVICE, operation, exc))
     mfa, keys = summary.get("AccountMFAEnabled"), summary.get("AccountAccessKeysPresent")
     if mfa is None or keys is None:
         message = "the SummaryMap lacks AccountMFAEnabled or AccountAccessKeysPresent"
@@ -200,7 +208,7 @@ async def _read_user(iam: IAMClient, listed: UserTypeDef) -> IamUser:
     try:
         mfa_active = await _has_mfa_device(iam, name)
     except AWS_ERRORS as exc:
-        mfa_error = _recorded("ListMFADevices", exc, user=name)
+        mfa_error = recorded_error(SERVICE, "ListMFADevices", exc, user=name)
     console_password: bool | None = None
     login_profile_error: AwsCallError | None = None
     try:
@@ -210,13 +218,13 @@ async def _read_user(iam: IAMClient, listed: UserTypeDef) -> IamUser:
         if error_code(exc) == "NoSuchEntity":
             console_password = False
         else:
-            login_profile_error = _recorded("GetLoginProfile", exc, user=name)
+            login_profile_error = recorded_error(SERVICE, "GetLoginProfile", exc, user=name)
     keys: tuple[AccessKey, ...] = ()
     keys_error: AwsCallError | None = None
     try:
         metadata = await _access_key_metadata(iam, name)
     except AWS_ERRORS as exc:
-        keys_error = _recorded("ListAccessKeys", exc, user=name)
+        keys_error = recorded_error(SERVICE, "ListAccessKeys", exc, user=name)
     else:
         keys, keys_error = await _access_keys(iam, name, metadata)
     created = listed.get("CreateDate")
@@ -267,7 +275,7 @@ async def _access_keys(
             try:
                 answer = await iam.get_access_key_last_used(AccessKeyId=key["AccessKeyId"])
             except AWS_ERRORS as exc:
-                last_used_error = _recorded("GetAccessKeyLastUsed", exc, user=name)
+                last_used_error = recorded_error(SERVICE, "GetAccessKeyLastUsed", exc, user=name)
             else:
                 used = answer.get("AccessKeyLastUsed", {}).get("LastUsedDate")
                 last_used = _to_second(used) if used is not None else None
@@ -289,34 +297,3 @@ def _to_second(moment: datetime) -> datetime:
 
 
 # --- shared helpers ---------------------------------------------------------------------------------
-
-
-def _recorded(operation: str, exc: BaseException, **context: str) -> AwsCallError:
-    """The error to record in the snapshot; raises TransientAwsError when retrying later may succeed."""
-    err = classify_error(SERVICE, operation, exc)
-    if err.transient:
-        log.warning("aws_call_transient", api_call=f"{SERVICE}:{operation}", code=err.code, **context)
-        raise TransientAwsError(f"{SERVICE}:{operation} failed ({err.code}): {err.message}") from exc
-    log.warning("aws_call_failed", api_call=f"{SERVICE}:{operation}", code=err.code, **context)
-    return err
-
-
-async def _bounded(concurrency: int, items: Iterable[T], fn: Callable[[T], Awaitable[R]]) -> list[R]:
-    """`fn` over every item, at most `concurrency` at a time, results in input order.
-
-    The first failure cancels the rest and is raised as itself (not as an ExceptionGroup).
-    """
-    semaphore = asyncio.Semaphore(concurrency)
-
-    async def one(item: T) -> R:
-        async with semaphore:
-            return await fn(item)
-
-    try:
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(one(item)) for item in items]
-    except ExceptionGroup as failed:
-        first = failed.exceptions[0]
-    else:
-        return [task.result() for task in tasks]
-    raise first  # outside the handler: keeps its own cause (the botocore error), not the group

@@ -12,7 +12,7 @@ raise `TransientAwsError` so the runtime redelivers the request later.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import replace
 from typing import TYPE_CHECKING, TypeVar
@@ -28,7 +28,14 @@ from services.collector_s3.snapshot import (
     S3Snapshot,
     Versioning,
 )
-from shared.aws import ApiCallCounter, AwsCallError, AwsClients, TransientAwsError, classify_error, error_code
+from shared.aws import (
+    ApiCallCounter,
+    AwsCallError,
+    AwsClients,
+    error_code,
+    recorded_error,
+)
+from shared.concurrency import bounded
 from shared.messages import CheckRequested
 from shared.settings import Settings
 
@@ -78,13 +85,13 @@ async def scan(
         try:
             listed = await _list_buckets(home, page_size)
         except AWS_ERRORS as exc:
-            return S3Snapshot(list_error=_recorded("ListBuckets", exc))
-        located = await _bounded(concurrency, listed, lambda entry: _locate(home, entry))
+            return S3Snapshot(list_error=recorded_error(SERVICE, "ListBuckets", exc))
+        located = await bounded(concurrency, listed, lambda entry: _locate(home, entry))
         clients = {home_region: home}
         for region in sorted({bucket.region for bucket in located if bucket.region} - clients.keys()):
             clients[region] = await stack.enter_async_context(client_for(region))
         log.debug("s3_buckets_listed", buckets=len(located), regions=len(clients))
-        buckets = await _bounded(concurrency, located, lambda bucket: _read_bucket(clients, bucket))
+        buckets = await bounded(concurrency, located, lambda bucket: _read_bucket(clients, bucket))
     return S3Snapshot(buckets=tuple(buckets))
 
 
@@ -113,7 +120,12 @@ async def _locate(s3: S3Client, entry: BucketTypeDef) -> Bucket:
     try:
         location = await s3.get_bucket_location(Bucket=name)
     except AWS_ERRORS as exc:
-        return Bucket(name=name, region=None, created=created, error=_recorded("GetBucketLocation", exc, bucket=name))
+        return Bucket(
+            name=name,
+            region=None,
+            created=created,
+            error=recorded_error(SERVICE, "GetBucketLocation", exc, bucket=name),
+        )
     return Bucket(name=name, region=location_region(location.get("LocationConstraint")), created=created)
 
 
@@ -161,7 +173,7 @@ async def _answer(
     except AWS_ERRORS as exc:
         if not_configured is not None and error_code(exc) == not_configured:
             return None, None
-        return None, _recorded(operation, exc, bucket=bucket)
+        return None, recorded_error(SERVICE, operation, exc, bucket=bucket)
 
 
 async def _encryption(s3: S3Client, name: str) -> DefaultEncryption | None:
@@ -202,34 +214,3 @@ async def _public_access_block(s3: S3Client, name: str) -> PublicAccessBlock:
         block_public_policy=bool(config.get("BlockPublicPolicy", False)),
         restrict_public_buckets=bool(config.get("RestrictPublicBuckets", False)),
     )
-
-
-def _recorded(operation: str, exc: BaseException, **context: str) -> AwsCallError:
-    """The error to record in the snapshot; raises TransientAwsError when retrying later may succeed."""
-    err = classify_error(SERVICE, operation, exc)
-    if err.transient:
-        log.warning("aws_call_transient", api_call=f"{SERVICE}:{operation}", code=err.code, **context)
-        raise TransientAwsError(f"{SERVICE}:{operation} failed ({err.code}): {err.message}") from exc
-    log.warning("aws_call_failed", api_call=f"{SERVICE}:{operation}", code=err.code, **context)
-    return err
-
-
-async def _bounded(concurrency: int, items: Iterable[T], fn: Callable[[T], Awaitable[R]]) -> list[R]:
-    """`fn` over every item, at most `concurrency` at a time, results in input order.
-
-    The first failure cancels the rest and is raised as itself (not as an ExceptionGroup).
-    """
-    semaphore = asyncio.Semaphore(concurrency)
-
-    async def one(item: T) -> R:
-        async with semaphore:
-            return await fn(item)
-
-    try:
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(one(item)) for item in items]
-    except ExceptionGroup as failed:
-        first = failed.exceptions[0]
-    else:
-        return [task.result() for task in tasks]
-    raise first  # outside the handler: keeps its own cause (the botocore error), not the group

@@ -3,7 +3,6 @@ cannot give: denials, ReportInProgress, failing pages, AWS's own credential repo
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
@@ -18,7 +17,7 @@ from botocore.awsrequest import HTTPHeaders
 
 from services.collector_iam.app import summarize
 from services.collector_iam.checks import CHECKS
-from services.collector_iam.collect import _bounded, collect, scan
+from services.collector_iam.collect import collect, scan
 from services.collector_iam.snapshot import AccessKey, IamSnapshot, RootUser
 from shared.aws import ApiCallCounter, AwsClients, TransientAwsError
 from shared.checks import RunContext, evaluate
@@ -663,31 +662,3 @@ async def test_paginated_devices_and_per_user_errors(iam: IAMClient) -> None:
 
 
 # --- bounded concurrency --------------------------------------------------------------------------
-
-
-async def test_bounded_limits_concurrency_and_keeps_order() -> None:
-    in_flight = peak = 0
-
-    async def work(i: int) -> int:
-        nonlocal in_flight, peak
-        in_flight += 1
-        peak = max(peak, in_flight)
-        await asyncio.sleep(0.002 * (5 - i % 5))
-        in_flight -= 1
-        return i * 2
-
-    assert await _bounded(3, range(12), work) == [i * 2 for i in range(12)]
-    assert peak == 3
-
-
-async def test_bounded_raises_the_first_failure_itself_and_cancels_the_rest() -> None:
-    async def work(i: int) -> int:
-        if i == 1:
-            raise TransientAwsError("throttled")
-        await asyncio.sleep(5)
-        return i
-
-    started = time.monotonic()
-    with pytest.raises(TransientAwsError, match="throttled"):
-        await _bounded(4, range(4), work)
-    assert time.monotonic() - started < 2

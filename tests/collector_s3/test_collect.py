@@ -3,8 +3,6 @@ through AioStubber."""
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime
@@ -15,7 +13,7 @@ from aiobotocore.stub import AioStubber
 
 from services.collector_s3.app import summarize
 from services.collector_s3.checks import CHECKS
-from services.collector_s3.collect import ClientFor, _bounded, collect, scan
+from services.collector_s3.collect import ClientFor, collect, scan
 from shared.aws import ApiCallCounter, AwsClients, TransientAwsError
 from shared.checks import RunContext, evaluate
 from shared.controls import catalog_by_id
@@ -638,31 +636,3 @@ async def test_other_encryption_errors_are_errors_for_that_bucket_only(clients: 
 
 
 # --- bounded concurrency --------------------------------------------------------------------------
-
-
-async def test_bounded_limits_concurrency_and_keeps_order() -> None:
-    in_flight = peak = 0
-
-    async def work(i: int) -> int:
-        nonlocal in_flight, peak
-        in_flight += 1
-        peak = max(peak, in_flight)
-        await asyncio.sleep(0.002 * (5 - i % 5))
-        in_flight -= 1
-        return i * 2
-
-    assert await _bounded(3, range(12), work) == [i * 2 for i in range(12)]
-    assert peak == 3
-
-
-async def test_bounded_raises_the_first_failure_itself_and_cancels_the_rest() -> None:
-    async def work(i: int) -> int:
-        if i == 1:
-            raise TransientAwsError("throttled")
-        await asyncio.sleep(5)
-        return i
-
-    started = time.monotonic()
-    with pytest.raises(TransientAwsError, match="throttled"):
-        await _bounded(4, range(4), work)
-    assert time.monotonic() - started < 2
