@@ -189,6 +189,10 @@ class AwsClients:
     def client(
         self, service: Literal["sts"], region: str | None = ..., counter: ApiCallCounter | None = ...
     ) -> AbstractClientCM[STSClient]: ...
+    @overload
+    def client(
+        self, service: Literal["ec2"], region: str | None = ..., counter: ApiCallCounter | None = ...
+    ) -> AbstractClientCM[Any]: ...
     def client(self, service: str, region: str | None = None, counter: ApiCallCounter | None = None) -> Any:
         return self._client(service, region or self._settings.aws_region, counter)
 
@@ -201,6 +205,12 @@ class AwsClients:
             if counter is not None:
                 client.meta.events.register("before-send.*.*", counter)
             yield client
+
+    async def enabled_regions(self, counter: ApiCallCounter | None = None) -> list[str]:
+        """Regions enabled for the account (ec2:DescribeRegions without AllRegions: opted-in and default ones)."""
+        async with self.client("ec2", None, counter) as ec2:
+            answer = await ec2.describe_regions(AllRegions=False)
+        return sorted(str(r["RegionName"]) for r in answer.get("Regions", []) if r.get("RegionName"))
 
     async def caller_account(self) -> str:
         """The account the credentials belong to (sts:GetCallerIdentity)."""

@@ -66,6 +66,9 @@ COLLECTOR_OPERATIONS: Mapping[str, tuple[tuple[str, str], ...]] = {
 """Every AWS operation each collector may call (all data paths); `kushim policy` is generated from this.
 sts:GetCallerIdentity (the account guard) needs no permission: AWS allows it to every principal."""
 
+SCHEDULER_OPERATIONS: tuple[tuple[str, str], ...] = (("ec2", "DescribeRegions"),)
+"""What the scheduler calls: the enabled regions, when KUSHIM_REGIONS=all."""
+
 EVIDENCE_BUCKET_OPERATIONS: tuple[tuple[str, str], ...] = (
     ("s3", "HeadBucket"),
     ("s3", "PutObject"),
@@ -81,8 +84,8 @@ def iam_action(service: str, operation: str) -> str:
 
 
 def read_only_policy(services: Iterable[str], evidence_bucket_pattern: str) -> dict[str, object]:
-    """The least-privilege policy for the given collectors plus evidence uploads."""
-    operations = {op for service in services for op in COLLECTOR_OPERATIONS[service]}
+    """The least-privilege policy for the given collectors and the scheduler, plus evidence uploads."""
+    operations = {op for service in services for op in COLLECTOR_OPERATIONS[service]} | set(SCHEDULER_OPERATIONS)
     actions = sorted({iam_action(svc, op) for svc, op in operations})
     evidence = sorted({iam_action(svc, op) for svc, op in EVIDENCE_BUCKET_OPERATIONS})
     return {

@@ -17,6 +17,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from shared.controls import MfaScope
 
+ALL_REGIONS = "all"
 REGION_PATTERN = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]")
 
 
@@ -66,7 +67,8 @@ class Settings(BaseSettings):
     )
     regions: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
-        description="Comma-separated regions the collectors inspect (CloudTrail). Empty: the configured AWS region.",
+        description="Comma-separated regions the collectors inspect (CloudTrail), or `all`: every region enabled for "
+        "the account (ec2:DescribeRegions, at each run). Empty: the configured AWS region.",
     )
 
     # --- checks ----------------------------------------------------------------------------
@@ -144,14 +146,22 @@ class Settings(BaseSettings):
     @field_validator("regions")
     @classmethod
     def _valid_regions(cls, value: list[str]) -> list[str]:
+        if value == [ALL_REGIONS]:
+            return value
         bad = [region for region in value if not REGION_PATTERN.fullmatch(region)]
         if bad:
             raise ValueError(f"not AWS region names: {', '.join(bad)} (expected e.g. us-east-1,eu-west-1)")
         return value
 
     @property
+    def all_regions(self) -> bool:
+        """`KUSHIM_REGIONS=all`: the regions enabled for the account, discovered at each run."""
+        return self.regions == [ALL_REGIONS]
+
+    @property
     def scan_regions(self) -> list[str]:
-        return list(self.regions) if self.regions else [self.aws_region]
+        """The configured regions (with `all`, the configured AWS region stands in until discovery)."""
+        return list(self.regions) if self.regions and not self.all_regions else [self.aws_region]
 
     @property
     def effective_database_url(self) -> str:

@@ -14,7 +14,13 @@ from services.collector_iam.collect import scan as iam_scan
 from services.collector_s3.app import SPEC as S3_SPEC
 from shared.aws import ApiCallCounter, AwsClients
 from shared.messages import CheckRequested, Service
-from shared.permissions import COLLECTOR_OPERATIONS, IAM_ACTIONS, iam_action, read_only_policy
+from shared.permissions import (
+    COLLECTOR_OPERATIONS,
+    IAM_ACTIONS,
+    SCHEDULER_OPERATIONS,
+    iam_action,
+    read_only_policy,
+)
 from shared.settings import Settings
 from tests.collector_iam.test_collect import deny
 from tests.conftest import MOTO_ACCOUNT, boto3_client
@@ -65,6 +71,13 @@ async def test_policy_covers_exactly_the_operations_the_collectors_call(
         assert undeclared == [], f"{service}: add these to COLLECTOR_OPERATIONS"
         unused = sorted(op for op in COLLECTOR_OPERATIONS[service] if op not in ops)
         assert unused == [], f"{service}: the policy would grant actions no call needs"
+
+    # the scheduler's region discovery (KUSHIM_REGIONS=all)
+    counter = ApiCallCounter()
+    await aws.enabled_regions(counter)
+    assert operations(counter) == set(SCHEDULER_OPERATIONS)
+    recorded["scheduler"] = operations(counter)
+    assert all(op in IAM_ACTIONS for op in SCHEDULER_OPERATIONS)
 
     policy = read_only_policy([s.value for s in Service], "kushim-evidence-storage-*")
     statements: list[dict[str, Any]] = policy["Statement"]  # type: ignore[assignment]

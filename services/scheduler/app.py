@@ -12,9 +12,9 @@ from pydantic import ValidationError
 from services.scheduler.cron import CronLoop
 from services.scheduler.planner import Planner
 from shared import subjects
-from shared.aws import AwsClients
+from shared.aws import AwsClients, TransientAwsError, classify_error
 from shared.connect import check_connection
-from shared.consume import Consumer, validation_reason
+from shared.consume import Consumer, Rejected, validation_reason
 from shared.messages import ConnectionTestRequest, ConnectionTestResult, RunRequested
 from shared.nats import durable_subscriber, make_broker, scheduler_consumer
 from shared.service import ServiceApp
@@ -40,11 +40,38 @@ class CallerAccount:
             return self._accounts
 
 
+class ScanRegions:
+    """The regions a run inspects: the configured list, or with KUSHIM_REGIONS=all the regions enabled for the
+    account, asked at each run. A run is never planned with fewer regions: a transient failure retries the request,
+    a denial rejects it with the reason."""
+
+    def __init__(self, settings: Settings, aws: AwsClients) -> None:
+        self._settings = settings
+        self._aws = aws
+
+    async def __call__(self) -> list[str]:
+        if not self._settings.all_regions:
+            return self._settings.scan_regions
+        try:
+            regions = await self._aws.enabled_regions()
+        except Exception as exc:
+            err = classify_error("ec2", "DescribeRegions", exc)
+            if err.transient:
+                raise TransientAwsError(f"cannot list the enabled regions: {err.describe()}") from exc
+            raise Rejected(
+                f"cannot list the enabled regions ({err.describe()}); grant it or set KUSHIM_REGIONS to a list"
+            ) from exc
+        if not regions:
+            raise TransientAwsError("ec2:DescribeRegions returned no region")
+        log.info("regions_discovered", regions=len(regions))
+        return regions
+
+
 def create_service(settings: Settings, *, url: str, aws: AwsClients | None = None) -> ServiceApp:
     broker = make_broker(url, name="scheduler", settings=settings)
     aws = aws or AwsClients(settings)
     accounts = CallerAccount(aws)
-    planner = Planner(broker=broker, settings=settings, known_accounts=accounts)
+    planner = Planner(broker=broker, settings=settings, known_accounts=accounts, regions=ScanRegions(settings, aws))
     spec = scheduler_consumer()
     consumer: Consumer[RunRequested] = Consumer(
         spec=spec,

@@ -27,6 +27,7 @@ from shared.settings import Settings
 log = structlog.get_logger(__name__)
 
 AccountResolver = Callable[[], Awaitable[frozenset[str]]]
+RegionResolver = Callable[[], Awaitable[list[str]]]
 
 
 class Planner:
@@ -36,11 +37,13 @@ class Planner:
         broker: NatsBroker,
         settings: Settings,
         known_accounts: AccountResolver,
+        regions: RegionResolver,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._broker = broker
         self._settings = settings
         self._known_accounts = known_accounts
+        self._regions = regions
         self._clock = clock
 
     async def handle(self, request: RunRequested, delivery: Delivery, msg: NatsMessage) -> None:
@@ -54,6 +57,7 @@ class Planner:
             )
         services = sorted(set(request.services), key=list(Service).index) if request.services else list(Service)
         run_id = run_id_for(request.request_id)
+        regions = await self._regions()
         planned_at = self._clock()
         expected = [PlannedCheck(account_id=a, service=s) for a in accounts for s in services]
         plan = RunPlanned(
@@ -71,7 +75,7 @@ class Planner:
                 request_id=request.request_id,
                 account_id=pair.account_id,
                 service=pair.service,
-                regions=self._settings.scan_regions,
+                regions=regions,
                 requested_at=request.requested_at,
             )
             for pair in expected

@@ -220,3 +220,35 @@ async def test_cron_retries_the_same_slot_when_publishing_fails() -> None:
         now[0] = max(now[0], datetime(2026, 11, 27, 2, 0, tzinfo=UTC))
     task.cancel()
     assert published == ["schedule-20261127T0200Z"]
+
+
+async def test_all_regions_plans_every_enabled_region(
+    make_settings: Callable[..., Settings], nats_server: EmbeddedNats, moto_endpoint: str, nc: NatsClient
+) -> None:
+    from shared.aws import AwsClients
+
+    settings = make_settings(nats_url=nats_server.url, aws_endpoint_url=moto_endpoint, regions="all")
+    enabled = await AwsClients(settings).enabled_regions()
+    assert "us-east-1" in enabled
+    assert "eu-west-1" in enabled
+    app = create_service(settings, url=nats_server.url)
+    await app.start()
+    try:
+        await publish(nc, request_body("req-all", services=["cloudtrail"]), "req-all")
+
+        async def planned() -> bool:
+            return len(await stream_payloads(nc, subjects.STREAM_CHECKS, "kushim.checks.>")) == 1
+
+        await eventually(planned, what="the CloudTrail check")
+    finally:
+        await app.stop()
+    check = (await stream_models(nc, subjects.STREAM_CHECKS, "kushim.checks.>", CheckRequested))[0]
+    assert check.regions == enabled
+
+
+def test_regions_setting_accepts_all_or_region_names(make_settings: Callable[..., Settings]) -> None:
+    assert make_settings(regions="all").all_regions
+    assert make_settings(regions="all").scan_regions == ["us-east-1"]
+    assert make_settings(regions="eu-west-1,us-east-2").scan_regions == ["eu-west-1", "us-east-2"]
+    with pytest.raises(ValidationError, match="not AWS region names: all"):
+        make_settings(regions="all,eu-west-1")
