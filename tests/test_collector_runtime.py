@@ -9,6 +9,8 @@ from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from nats.aio.client import Client as NatsClient
+
 from services.collector_iam.app import SPEC as IAM_SPEC
 from services.collector_iam.snapshot import IamSnapshot
 from shared import subjects
@@ -51,6 +53,17 @@ async def publish_checks(settings: Settings, url: str, n: int) -> None:
         await broker.stop()
 
 
+async def wait_for_chunks(nc: NatsClient, count: int, what: str, timeout: float = 20) -> list[FindingsReported]:
+    """The FindingsReported chunks in the stream, once there are `count` of them."""
+
+    async def reported() -> bool:
+        got = await stream_models(nc, subjects.STREAM_FINDINGS, "kushim.findings.>", FindingsReported)
+        return len(got) >= count
+
+    await eventually(reported, timeout=timeout, what=what)
+    return await stream_models(nc, subjects.STREAM_FINDINGS, "kushim.findings.>", FindingsReported)
+
+
 def replica(settings: Settings, url: str, name: str, collect: Callable[..., object], aws: AwsClients) -> ServiceApp:
     broker = make_broker(url, name=name, settings=settings)
     spec: CollectorSpec[IamSnapshot] = dataclasses.replace(IAM_SPEC, collect=collect)  # type: ignore[arg-type]
@@ -81,13 +94,7 @@ async def test_two_replicas_split_the_work_without_duplicates(
     try:
         await publish_checks(settings, nats_server.url, 50)
         async with nats_client(nats_server.url) as nc:
-
-            async def all_reported() -> bool:
-                got = await stream_models(nc, subjects.STREAM_FINDINGS, "kushim.findings.>", FindingsReported)
-                return len(got) >= 50
-
-            await eventually(all_reported, timeout=30, what="50 findings chunks")
-            chunks = await stream_models(nc, subjects.STREAM_FINDINGS, "kushim.findings.>", FindingsReported)
+            chunks = await wait_for_chunks(nc, 50, "50 findings chunks", timeout=30)
     finally:
         for app in apps:
             await app.stop()
@@ -119,16 +126,12 @@ async def test_a_scan_that_keeps_failing_ends_as_error_findings(
     try:
         await publish_checks(settings, nats_server.url, 1)
         async with nats_client(nats_server.url) as nc:
-
-            async def reported() -> bool:
-                got = await stream_models(nc, subjects.STREAM_FINDINGS, "kushim.findings.>", FindingsReported)
-                return len(got) == 1
-
-            await eventually(reported, timeout=20, what="the ERROR chunk")
-            chunk = (await stream_models(nc, subjects.STREAM_FINDINGS, "kushim.findings.>", FindingsReported))[0]
+            chunks = await wait_for_chunks(nc, 1, "the ERROR chunk")
             info = await nc.jetstream().consumer_info(subjects.STREAM_CHECKS, "collector-iam")
     finally:
         await app.stop()
+    assert len(chunks) == 1
+    chunk = chunks[0]
     assert len(attempts) == 3
     assert chunk.attempt == 3
     assert chunk.chunk_count == 1
@@ -161,15 +164,11 @@ async def test_a_hung_scan_times_out_and_is_retried(
     try:
         await publish_checks(settings, nats_server.url, 1)
         async with nats_client(nats_server.url) as nc:
-
-            async def reported() -> bool:
-                got = await stream_models(nc, subjects.STREAM_FINDINGS, "kushim.findings.>", FindingsReported)
-                return len(got) == 1
-
-            await eventually(reported, timeout=20, what="the retried scan's chunk")
-            chunk = (await stream_models(nc, subjects.STREAM_FINDINGS, "kushim.findings.>", FindingsReported))[0]
+            chunks = await wait_for_chunks(nc, 1, "the retried scan's chunk")
     finally:
         await app.stop()
+    assert len(chunks) == 1
+    chunk = chunks[0]
     assert len(calls) == 2
     assert chunk.attempt == 2
     assert chunk.findings == []

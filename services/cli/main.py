@@ -85,6 +85,15 @@ def _broker_url(settings: Settings) -> str:
     return url
 
 
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM (Ctrl-C, Kubernetes): the services then stop gracefully."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
 def _show(report: Report, output: Output, settings: Settings | None = None) -> int:
     if output is Output.json:
         render.print_json(report, out)
@@ -208,10 +217,7 @@ def up() -> None:
     settings.home.mkdir(parents=True, exist_ok=True)
 
     async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
         from services.cli.stack import PreflightError, preflight, running_stack
         from shared.aws import AwsClients
 
@@ -259,10 +265,7 @@ def serve(
         raise typer.Exit(render.EXIT_USAGE)
 
     async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        stop = stop_on_signals()
         from services.cli.stack import running_stack
 
         async with running_stack(settings, services=[service]):
