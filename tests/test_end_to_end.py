@@ -104,7 +104,7 @@ async def test_demo_account_end_to_end(
 ) -> None:
     seed_demo_account(moto_endpoint)
     settings = make_settings(nats_url=nats_server.url, aws_endpoint_url=moto_endpoint, evidence_bucket=EVIDENCE_BUCKET)
-    async with running_stack(settings) as stack:
+    async with running_stack(settings, migrate=True) as stack:
         report = await run_check(stack.url, timeout=60, request_id="e2e-demo")
 
     # --- the report ---
@@ -193,7 +193,7 @@ async def test_missing_collector_ends_incomplete_and_check_exits_3(
         deadline_poll_seconds=0.2,
     )
     services = ("evidence", "collector-iam", "collector-s3", "scheduler")
-    async with running_stack(settings, services=services):
+    async with running_stack(settings, services=services, migrate=True):
         code, out, err = await _kushim(
             "check", "-s", "s3", "-s", "cloudtrail", "--output", "json", env=cli_env(KUSHIM_NATS_URL=nats_server.url)
         )

@@ -88,7 +88,7 @@ def verify(report: Report) -> list[str]:
 
 async def _run(home: Path, endpoint: str) -> Report:
     settings = demo_settings(home, endpoint)
-    async with running_stack(settings) as stack:
+    async with running_stack(settings, migrate=True) as stack:
         return await run_check(stack.url, timeout=180.0, request_id=f"kushim-demo-{uuid.uuid4().hex[:12]}")
 
 

@@ -8,13 +8,11 @@ import signal
 import sys
 import time
 import uuid
-from enum import StrEnum
 from typing import Annotated, Any
 
 import structlog
 import typer
 from pydantic import AliasChoices, TypeAdapter, ValidationError
-from rich.console import Console
 from rich.table import Table
 
 from services.cli import render
@@ -27,7 +25,9 @@ from services.cli.client import (
     run_check,
     safe_url,
 )
-from services.cli.state import SERVICE_NAMES, clear_state, read_state_url, write_state
+from services.cli.common import Output, broker_url, err, load_settings, out
+from services.cli.db import db_app
+from services.cli.state import SERVICE_NAMES, clear_state, write_state
 from shared.consume import validation_reason
 from shared.controls import CATALOG, CONTROL_TITLES, gating_table
 from shared.log import configure_logging
@@ -46,43 +46,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-def _console(stderr: bool = False) -> Console:
-    stream = sys.stderr if stderr else sys.stdout
-    # Piped output keeps long lines (keys, ARNs) whole instead of folding them at 80 columns.
-    return Console(stderr=stderr, soft_wrap=True, width=None if stream.isatty() else 120)
-
-
-out = _console()
-err = _console(stderr=True)
-
-
-class Output(StrEnum):
-    table = "table"
-    json = "json"
-
-
-def _settings() -> Settings:
-    try:
-        return Settings()
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors(include_input=False)
-        )
-        err.print(f"[red]Invalid settings:[/red] {problems}")
-        raise typer.Exit(render.EXIT_USAGE) from None
-
-
-def _broker_url(settings: Settings) -> str:
-    url = settings.nats_url or read_state_url(settings.home)
-    if url is None:
-        err.print(
-            "[red]Kushim is not running:[/red] start it with `kushim up` (it writes "
-            f"{settings.home / 'state.json'}) or set KUSHIM_NATS_URL."
-        )
-        raise typer.Exit(render.EXIT_COULD_NOT_RUN)
-    return url
 
 
 def stop_on_signals() -> asyncio.Event:
@@ -113,7 +76,7 @@ def check(
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the run before exit code 4.")] = 1200.0,
 ) -> None:
     """Run the checks now (publishes a RunRequested) and print the report."""
-    settings = _settings()
+    settings = load_settings()
     configure_logging("WARNING", settings.log_format)
     try:
         for account_id in account or []:
@@ -121,7 +84,7 @@ def check(
     except ValidationError:
         err.print(f"[red]Invalid account id {account_id!r}:[/red] an AWS account id is exactly 12 digits.")
         raise typer.Exit(render.EXIT_USAGE) from None
-    url = _broker_url(settings)
+    url = broker_url(settings)
     try:
         if not wait:
             request_id = f"cli-{uuid.uuid4().hex}"
@@ -160,9 +123,9 @@ def report(
     output: Annotated[Output, typer.Option("--output", "-o", help="table or json.")] = Output.table,
 ) -> None:
     """Print the report of the latest (or a chosen) run, read from the evidence service."""
-    settings = _settings()
+    settings = load_settings()
     configure_logging("WARNING", settings.log_format)
-    url = _broker_url(settings)
+    url = broker_url(settings)
 
     async def fetch() -> Report:
         client = await KushimClient.connect(url)
@@ -212,7 +175,7 @@ def demo(
 def up() -> None:
     """Run every service against your AWS account (standard AWS environment and credentials, AWS_ENDPOINT_URL
     honoured) in the foreground until Ctrl-C. Data lives in KUSHIM_HOME; other commands find the broker there."""
-    settings = _settings()
+    settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
     settings.home.mkdir(parents=True, exist_ok=True)
 
@@ -228,7 +191,7 @@ def up() -> None:
             err.print(f"[red]Kushim could not start:[/red] {exc}")
             raise typer.Exit(render.EXIT_COULD_NOT_RUN) from None
         err.print(f"Checking AWS account {account} (region {settings.aws_region}).")
-        async with running_stack(settings, aws=aws) as stack:
+        async with running_stack(settings, aws=aws, migrate=True) as stack:
             state = write_state(settings.home, stack.url)
             err.print(
                 f"[green]Kushim is up[/green]: broker {safe_url(stack.url)}, "
@@ -258,7 +221,7 @@ def serve(
     if service not in SERVICE_NAMES:
         err.print(f"[red]Unknown service {service!r}[/red]; choose one of: {', '.join(SERVICE_NAMES)}")
         raise typer.Exit(render.EXIT_USAGE)
-    settings = _settings()
+    settings = load_settings()
     configure_logging(settings.log_level, settings.log_format)
     if not settings.nats_url:
         err.print("[red]KUSHIM_NATS_URL is required by `kushim serve`[/red] (e.g. nats://nats:4222).")
@@ -292,14 +255,14 @@ def connect(
     from shared.aws import AwsClients
     from shared.connect import check_connection
 
-    settings = _settings()
+    settings = load_settings()
     configure_logging("WARNING", settings.log_format)
 
     async def local() -> ConnectionTestResult:
         return await check_connection(settings, AwsClients(settings))
 
     async def via_nats() -> ConnectionTestResult:
-        client = await KushimClient.connect(_broker_url(settings))
+        client = await KushimClient.connect(broker_url(settings))
         try:
             return await client.connection_test(request_id=f"cli-{uuid.uuid4().hex}")
         finally:
@@ -327,7 +290,7 @@ def connect(
 @app.command()
 def controls() -> None:
     """Print the checks, their controls, and whether each gates its control's verdict."""
-    settings = _settings()
+    settings = load_settings()
     gating = gating_table(settings.mfa_scope)
     table = Table(title=f"Checks and control verdicts (KUSHIM_MFA_SCOPE={settings.mfa_scope})")
     for col in ("Control", "Check id", "Role", "Severity", "Title"):
@@ -358,7 +321,7 @@ def policy(
 
 
 @app.command(name="settings")
-def show_settings() -> None:
+def showload_settings() -> None:
     """List every setting, its environment variable and default."""
     table = Table(title="Settings (environment variables; also read from ./.env)")
     for col in ("Variable", "Default", "Meaning"):
@@ -376,6 +339,9 @@ def show_settings() -> None:
         default: Any = "(computed)" if field.default_factory is not None else field.default
         table.add_row(var, "" if default is None else str(default), field.description or "")
     out.print(table)
+
+
+app.add_typer(db_app)
 
 
 def main() -> None:

@@ -16,6 +16,7 @@ from services.collector_cloudtrail.app import create_service as create_cloudtrai
 from services.collector_iam.app import create_service as create_iam
 from services.collector_s3.app import create_service as create_s3
 from services.evidence.app import create_service as create_evidence
+from services.evidence.store import EvidenceStore
 from services.scheduler.app import create_service as create_scheduler
 from shared.aws import AwsClients, classify_error
 from shared.embedded import EmbeddedNats, start_nats
@@ -50,8 +51,15 @@ async def running_stack(
     services: Sequence[str] = tuple(SERVICES),
     nats_store: Path | None = None,
     aws: AwsClients | None = None,
+    migrate: bool = False,
 ) -> AsyncIterator[Stack]:
-    """Start a nats-server (unless settings name one) and the given services; stop everything on exit."""
+    """Start a nats-server (unless settings name one) and the given services; stop everything on exit.
+
+    `migrate`: bring the evidence database to this Kushim's schema first (`up` and `demo` own their embedded
+    database; `serve` leaves that to `kushim db upgrade` and refuses an unmigrated schema).
+    """
+    if migrate and "evidence" in services:
+        await migrate_database(settings)
     embedded: EmbeddedNats | None = None
     url = settings.nats_url
     if url is None:
@@ -74,6 +82,15 @@ async def running_stack(
                 log.error("service_stop_failed", service=app.name, error=str(exc))
         if embedded is not None:
             embedded.stop()
+
+
+async def migrate_database(settings: Settings) -> None:
+    """`kushim db upgrade`: apply the evidence database's pending migrations."""
+    store = EvidenceStore(settings.effective_database_url)
+    try:
+        await store.migrate()
+    finally:
+        await store.close()
 
 
 class PreflightError(Exception):

@@ -72,11 +72,12 @@ class EvidenceService:
     # --- lifecycle ----------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Check the evidence bucket first (nothing to undo if it is unusable), then create the tables."""
+        """Check the evidence bucket first (nothing to undo if it is unusable), then the database's schema revision
+        (a missing, older or newer schema stops the service: `kushim db upgrade` migrates)."""
         if self.uploader is not None:
             await self.uploader.start()
         try:
-            await self.store.create_schema()
+            await self.store.check_schema()
             if self._url is not None:
                 self._nc = await nats.connect(self._url, max_reconnect_attempts=-1, name="kushim-evidence-backlog")
         except BaseException:

@@ -22,6 +22,7 @@ from typing import Any, cast
 import structlog
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     Column,
     DateTime,
@@ -34,6 +35,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
     and_,
     case,
     event,
@@ -47,6 +49,7 @@ from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.types import TypeDecorator
 
+from services.evidence import migrate
 from shared.controls import StatusCount, control_verdicts
 from shared.messages import (
     ControlVerdict,
@@ -132,6 +135,7 @@ pairs = Table(
     Column("evidence_location", Text),
     Column("evidence_version_id", Text),
     Column("evidence_done_at", UtcDateTime),
+    Column("manifest_sequence", Integer),
     PrimaryKeyConstraint("run_id", "account_id", "service"),
 )
 
@@ -185,7 +189,55 @@ documents = Table(
     Column("size", Integer, nullable=False),
     Column("body", LargeBinary, nullable=False),
     Column("created_at", UtcDateTime, nullable=False),
+    Column("location", Text),
+    Column("version_id", Text),
     PrimaryKeyConstraint("run_id", "account_id", "service"),
+)
+
+# One manifest per (run, account) lists that account's evidence objects of the run, and the SHA-256 of the account's
+# previous manifest: a hash chain. (account_id, previous_sha256) is unique, so two manifests can never claim the same
+# predecessor (a fork), whatever the locking; the first manifest of an account names GENESIS_SHA256.
+manifests = Table(
+    "evidence_manifests",
+    metadata,
+    Column("account_id", String(12), nullable=False),
+    Column("sequence", Integer, nullable=False),
+    Column("run_id", String(64), nullable=False, index=True),
+    Column("key", Text, nullable=False, unique=True),
+    Column("sha256", String(64), nullable=False),
+    Column("previous_sha256", String(64), nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("location", Text),
+    Column("version_id", Text),
+    Column("uploaded_at", UtcDateTime),
+    PrimaryKeyConstraint("account_id", "sequence"),
+    UniqueConstraint("account_id", "previous_sha256", name="uq_evidence_manifests_predecessor"),
+)
+
+chain_heads = Table(
+    "evidence_chain_heads",
+    metadata,
+    Column("account_id", String(12), primary_key=True),
+    Column("sequence", Integer, nullable=False),
+    Column("sha256", String(64), nullable=False),
+    Column("key", Text),
+    Column("updated_at", UtcDateTime, nullable=False),
+)
+
+dead_letters = Table(
+    "evidence_dead_letters",
+    metadata,
+    Column("letter_id", String(64), primary_key=True),
+    Column("consumer", String(64), nullable=False),
+    Column("subject", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("stream_sequence", BigInteger),
+    Column("num_delivered", Integer, nullable=False),
+    Column("payload_excerpt", Text, nullable=False),
+    Column("dead_lettered_at", UtcDateTime, nullable=False, index=True),
+    Column("stored_at", UtcDateTime, nullable=False),
 )
 
 PAIR_KEY = ("run_id", "account_id", "service")
@@ -256,7 +308,7 @@ class StoredRun:
 
 
 class EvidenceStore:
-    """The evidence database. Construction does no I/O; `create_schema()` connects and creates the tables."""
+    """The evidence database. Construction does no I/O; `migrate()` connects and creates the tables."""
 
     def __init__(self, url: str) -> None:
         parsed = make_url(url)
@@ -280,11 +332,20 @@ class EvidenceStore:
     def dialect(self) -> str:
         return self._dialect
 
-    async def create_schema(self) -> None:
+    async def migrate(self) -> None:
+        """Bring the schema to this Kushim's revision (`kushim db upgrade`; the embedded stacks do it themselves)."""
         if self._sqlite_path is not None:
             self._sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-        async with self._engine.begin() as conn:
-            await conn.run_sync(metadata.create_all)
+        await migrate.upgrade(self._engine)
+        log.info("evidence_store_ready", dialect=self._dialect)
+
+    async def check_schema(self) -> None:
+        """Raise `SchemaError` unless the database is at this Kushim's schema revision (what `serve` requires)."""
+        if self._sqlite_path is not None and not self._sqlite_path.exists():
+            raise migrate.SchemaError(
+                f"the evidence database {self._sqlite_path} does not exist: run `kushim db upgrade` first"
+            )
+        await migrate.check(self._engine)
         log.info("evidence_store_ready", dialect=self._dialect)
 
     async def close(self) -> None:

@@ -276,7 +276,7 @@ def run_stats(request_id: str, wall_seconds: float, report: Report) -> RunStats:
 async def run_repeats(settings: Settings, *, users: int, repeat: int) -> tuple[float, list[RunStats], list[float]]:
     """Start the stack, time `repeat` runs, then time a report fetch alone for each run."""
     started = time.perf_counter()
-    async with running_stack(settings) as stack:
+    async with running_stack(settings, migrate=True) as stack:
         stack_start = time.perf_counter() - started
         runs: list[RunStats] = []
         for attempt in range(repeat):

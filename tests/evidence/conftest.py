@@ -64,7 +64,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 @pytest.fixture
 async def store(database_url: str) -> AsyncIterator[EvidenceStore]:
     store = EvidenceStore(database_url)
-    await store.create_schema()
+    await store.migrate()
     try:
         yield store
     finally:

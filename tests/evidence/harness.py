@@ -14,6 +14,7 @@ from typing import Any
 import nats
 from faststream.nats import NatsBroker
 
+from services.cli.stack import migrate_database
 from services.evidence.app import create_service
 from services.evidence.store import EvidenceStore
 from services.evidence.upload import Uploader
@@ -83,6 +84,7 @@ async def running_evidence(
     settings: Settings, *, store: EvidenceStore | None = None, uploader: Uploader | None = None
 ) -> AsyncIterator[Harness]:
     assert settings.nats_url is not None
+    await migrate_database(settings)  # what `kushim db upgrade` does before `kushim serve evidence`
     app = create_service(settings, url=settings.nats_url, store=store, uploader=uploader)
     await app.start()
     broker = make_broker(settings.nats_url, name="test-publisher", settings=settings)

@@ -90,7 +90,7 @@ async def test_report_paging_and_errors(make_settings: Callable[..., Settings], 
 
 async def test_a_page_too_large_for_one_reply_is_shrunk_without_losing_its_place(tmp_path: Path) -> None:
     store = EvidenceStore(f"sqlite+aiosqlite:///{tmp_path / 'report.db'}")
-    await store.create_schema()
+    await store.migrate()
     try:
         request_id = new_request_id()
         run_id = run_id_for(request_id)

@@ -237,7 +237,7 @@ async def test_report_queries(store: EvidenceStore) -> None:
 
 async def test_sqlite_runs_in_wal_mode_with_full_sync(tmp_path: Path) -> None:
     store = EvidenceStore(f"sqlite+aiosqlite:///{tmp_path / 'new' / 'dir' / 'kushim.db'}")
-    await store.create_schema()  # creates the missing directories
+    await store.migrate()  # creates the missing directories
     try:
         async with store.engine.connect() as conn:
             assert await conn.scalar(text("PRAGMA journal_mode")) == "wal"
