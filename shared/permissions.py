@@ -28,6 +28,9 @@ IAM_ACTIONS: Mapping[tuple[str, str], str] = {
     ("s3", "PutObject"): "s3:PutObject",
     ("s3", "GetObject"): "s3:GetObject",
     ("s3", "HeadBucket"): "s3:ListBucket",
+    ("s3", "ListObjectsV2"): "s3:ListBucket",
+    ("s3", "GetObjectLockConfiguration"): "s3:GetBucketObjectLockConfiguration",
+    ("s3", "PutObjectRetention"): "s3:PutObjectRetention",
     ("cloudtrail", "DescribeTrails"): "cloudtrail:DescribeTrails",
     ("cloudtrail", "GetTrailStatus"): "cloudtrail:GetTrailStatus",
     ("cloudtrail", "GetEventSelectors"): "cloudtrail:GetEventSelectors",
@@ -73,9 +76,14 @@ EVIDENCE_BUCKET_OPERATIONS: tuple[tuple[str, str], ...] = (
     ("s3", "HeadBucket"),
     ("s3", "PutObject"),
     ("s3", "GetObject"),
+    ("s3", "ListObjectsV2"),
+    ("s3", "GetObjectLockConfiguration"),
+    ("s3", "PutObjectRetention"),
 )
-"""What the evidence service does to the evidence bucket: check it at start, write documents, read one back when
-a create-only put finds it already there."""
+"""What the evidence service does to the evidence bucket: check it (and its Object Lock configuration) at start,
+write documents and manifests (with retention when Object Lock is configured: PutObject with a retention needs
+s3:PutObjectRetention), read one back when a create-only put finds it already there; `kushim evidence verify` lists
+and reads."""
 
 
 def iam_action(service: str, operation: str) -> str:

@@ -95,6 +95,14 @@ class Settings(BaseSettings):
     evidence_kms_key_id: str | None = Field(
         None, description="KMS key for SSE-KMS evidence objects; unset: SSE-S3 (AES256)."
     )
+    evidence_object_lock_mode: Literal["GOVERNANCE", "COMPLIANCE"] | None = Field(
+        None,
+        description="S3 Object Lock retention for evidence objects and manifests (the bucket must have Object Lock "
+        "enabled, checked at start); unset: no per-object retention (a bucket default retention still applies).",
+    )
+    evidence_object_lock_days: int = Field(
+        365, ge=1, le=36500, description="Object Lock retention in days, counted from the run's requested_at."
+    )
     deadline_poll_seconds: float = Field(2.0, gt=0, description="How often the evidence service checks deadlines.")
 
     # --- logging ---------------------------------------------------------------------------

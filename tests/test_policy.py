@@ -85,4 +85,10 @@ async def test_policy_covers_exactly_the_operations_the_collectors_call(
     assert granted == {iam_action(svc, op) for ops in recorded.values() for svc, op in ops}
     assert "s3:GetBucketEncryption" not in granted  # not an IAM action
     assert "s3:GetEncryptionConfiguration" in granted
-    assert set(statements[1]["Action"]) == {"s3:PutObject", "s3:GetObject", "s3:ListBucket"}
+    assert set(statements[1]["Action"]) == {
+        "s3:PutObject",
+        "s3:GetObject",
+        "s3:ListBucket",
+        "s3:GetBucketObjectLockConfiguration",  # the start-up check when Object Lock is configured
+        "s3:PutObjectRetention",  # PutObject with a retention date
+    }

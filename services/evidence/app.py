@@ -23,7 +23,8 @@ from faststream import AckPolicy
 from faststream.nats import NatsBroker, NatsMessage
 from nats.aio.client import Client as NatsClient
 
-from services.evidence.document import build_document
+from services.evidence.document import EvidenceDocument, build_document
+from services.evidence.manifest import GENESIS_SHA256, manifest_parts
 from services.evidence.report import Reports
 from services.evidence.store import EvidenceStore, PairKey
 from services.evidence.upload import EvidenceConflict, S3Uploader, Uploader
@@ -183,7 +184,40 @@ class EvidenceService:
         )
         if state is not None:
             log.info("run_finalized", run_id=run_id, state=state.value, deadline_passed=deadline_passed)
+        await self.seal_manifests(run_id)
         await self.publish_completion(run_id)
+
+    async def seal_manifests(self, run_id: str | None) -> None:
+        """Append the run's manifests to their accounts' chains (once the run is final), then upload every manifest
+        not yet uploaded (of this run, or of all runs when `run_id` is None: the sweep's retry after an outage)."""
+        if run_id is not None:
+            await self.store.append_manifests(
+                run_id,
+                datetime.now(UTC),
+                manifest_parts,
+                genesis=GENESIS_SHA256,
+                in_database_only=self.uploader is None,
+            )
+        if self.uploader is None:
+            return
+        for record in await self.store.pending_manifests(run_id):
+            document = EvidenceDocument(record.key, record.body, record.sha256, dated=record.requested_at)
+            stored = await self.uploader.put(document)
+            await self.store.mark_manifest_uploaded(
+                record.account_id,
+                record.sequence,
+                location=stored.location,
+                version_id=stored.version_id,
+                now=datetime.now(UTC),
+            )
+            log.info(
+                "manifest_uploaded",
+                account_id=record.account_id,
+                sequence=record.sequence,
+                key=record.key,
+                sha256=record.sha256,
+                replay=stored.replay,
+            )
 
     async def publish_completion(self, run_id: str) -> None:
         message = await self.store.pending_completion(run_id)
@@ -226,6 +260,12 @@ class EvidenceService:
                 await self.settle(run_id, deadline_passed=True)
             except Exception as exc:
                 log.error("deadline_settle_failed", run_id=run_id, error=f"{type(exc).__name__}: {exc}")
+        try:
+            for run_id in await self.store.runs_without_manifests():
+                await self.seal_manifests(run_id)
+            await self.seal_manifests(None)
+        except Exception as exc:
+            log.error("manifest_seal_failed", error=f"{type(exc).__name__}: {exc}")
         for run_id in await self.store.unpublished_runs():
             try:
                 await self.publish_completion(run_id)

@@ -49,9 +49,13 @@ class EvidenceBody(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class EvidenceDocument:
+    """An object to store: an evidence document or a manifest. `dated` (the run's requested_at) anchors its Object
+    Lock retention, so a replay asks for the same retain-until date."""
+
     key: str
     body: bytes
     sha256: str
+    dated: datetime | None = None
 
     @property
     def size(self) -> int:
@@ -88,4 +92,4 @@ def build_document(material: PairMaterial) -> EvidenceDocument:
     )
     data = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode()
     key = evidence_key(material.account_id, material.run_id, material.service, material.requested_at)
-    return EvidenceDocument(key=key, body=data, sha256=hashlib.sha256(data).hexdigest())
+    return EvidenceDocument(key=key, body=data, sha256=hashlib.sha256(data).hexdigest(), dated=material.requested_at)

@@ -13,7 +13,7 @@ surfaces as "database is locked", a transient error).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,6 +46,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.types import TypeDecorator
 
@@ -307,6 +308,61 @@ class StoredRun:
     missing: list[PlannedCheck]
 
 
+@dataclass(frozen=True, slots=True)
+class ManifestObjectRow:
+    service: Service
+    key: str
+    sha256: str
+    size: int
+    version_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestDraft:
+    """What a manifest states, decided inside the transaction that advances the account's chain."""
+
+    account_id: str
+    sequence: int
+    run_id: str
+    request_id: str
+    requested_at: datetime
+    supplements: bool
+    objects: list[ManifestObjectRow]
+    missing_services: list[Service]
+    population: dict[str, dict[str, int]]
+    previous_sha256: str
+    previous_key: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ManifestRecord:
+    account_id: str
+    sequence: int
+    run_id: str
+    key: str
+    sha256: str
+    body: bytes
+    requested_at: datetime
+    location: str | None
+    version_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ChainHead:
+    account_id: str
+    sequence: int
+    sha256: str
+    key: str | None
+
+
+class ChainConflict(Exception):
+    """The account's chain head moved during the transaction (another writer won): retry."""
+
+
+ManifestBuilder = Callable[[ManifestDraft], tuple[str, bytes, str]]
+"""Builds a manifest's (key, bytes, sha256) from its draft (services.evidence.manifest)."""
+
+
 class EvidenceStore:
     """The evidence database. Construction does no I/O; `migrate()` connects and creates the tables."""
 
@@ -455,7 +511,16 @@ class EvidenceStore:
         async with self._engine.begin() as conn:
             await conn.execute(
                 self._insert(documents)
-                .values(**ident, key=key, sha256=sha256, size=len(body), body=body, created_at=now)
+                .values(
+                    **ident,
+                    key=key,
+                    sha256=sha256,
+                    size=len(body),
+                    body=body,
+                    created_at=now,
+                    location=location,
+                    version_id=version_id,
+                )
                 .on_conflict_do_nothing(index_elements=list(PAIR_KEY))
             )
             await conn.execute(
@@ -533,6 +598,231 @@ class EvidenceStore:
     async def mark_published(self, run_id: str) -> None:
         async with self._engine.begin() as conn:
             await conn.execute(update(runs).where(runs.c.run_id == run_id).values(completion_published=True))
+
+    # --- manifests and their hash chain ---------------------------------------------------------
+
+    async def append_manifests(
+        self, run_id: str, now: datetime, build: ManifestBuilder, *, genesis: str, in_database_only: bool
+    ) -> list[ManifestRecord]:
+        """Once the run is final (COMPLETE or INCOMPLETE): for each account with evidence objects that no manifest
+        lists yet, append a manifest to the account's chain. One transaction per account: the chain head is locked
+        (PostgreSQL: SELECT … FOR UPDATE; SQLite: BEGIN IMMEDIATE) and advanced with a conditional UPDATE, and
+        (account_id, previous_sha256) is unique, so concurrent writers cannot fork the chain.
+
+        `in_database_only`: no bucket; the manifest is recorded as stored ("database") at once.
+        """
+        async with self._reader.connect() as conn:
+            run = (
+                await conn.execute(
+                    select(runs.c.state, runs.c.request_id, runs.c.requested_at).where(runs.c.run_id == run_id)
+                )
+            ).one_or_none()
+            if run is None or run.state not in _FINAL_STATES:
+                return []
+            accounts = list(
+                (
+                    await conn.scalars(
+                        select(pairs.c.account_id)
+                        .where(
+                            pairs.c.run_id == run_id,
+                            pairs.c.planned.is_(True),
+                            pairs.c.evidence_done_at.is_not(None),
+                            pairs.c.manifest_sequence.is_(None),
+                        )
+                        .distinct()
+                        .order_by(pairs.c.account_id)
+                    )
+                ).all()
+            )
+        appended = []
+        for account_id in accounts:
+            record = await self._append_manifest(
+                run_id, account_id, run.request_id, run.requested_at, now, build, genesis, in_database_only
+            )
+            if record is not None:
+                appended.append(record)
+        return appended
+
+    async def _append_manifest(
+        self,
+        run_id: str,
+        account_id: str,
+        request_id: str,
+        requested_at: datetime,
+        now: datetime,
+        build: ManifestBuilder,
+        genesis: str,
+        in_database_only: bool,
+    ) -> ManifestRecord | None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                self._insert(chain_heads)
+                .values(account_id=account_id, sequence=0, sha256=genesis, key=None, updated_at=now)
+                .on_conflict_do_nothing(index_elements=["account_id"])
+            )
+            head = (
+                await conn.execute(select(chain_heads).where(chain_heads.c.account_id == account_id).with_for_update())
+            ).one()
+            rows = (
+                await conn.execute(
+                    select(pairs)
+                    .where(pairs.c.run_id == run_id, pairs.c.account_id == account_id, pairs.c.planned.is_(True))
+                    .order_by(pairs.c.service)
+                )
+            ).all()
+            new = [r for r in rows if r.evidence_done_at is not None and r.manifest_sequence is None]
+            if not new:
+                return None  # another writer listed them first
+            earlier = any(r.manifest_sequence is not None for r in rows)
+            sequence = int(head.sequence) + 1
+            draft = ManifestDraft(
+                account_id=account_id,
+                sequence=sequence,
+                run_id=run_id,
+                request_id=request_id,
+                requested_at=requested_at,
+                supplements=earlier,
+                objects=[
+                    ManifestObjectRow(
+                        Service(r.service),
+                        r.evidence_key,
+                        r.evidence_sha256,
+                        int(r.evidence_size),
+                        r.evidence_version_id,
+                    )
+                    for r in new
+                ],
+                missing_services=[Service(r.service) for r in rows if r.evidence_done_at is None],
+                population={r.service: dict(r.population or {}) for r in new},
+                previous_sha256=head.sha256,
+                previous_key=head.key,
+            )
+            key, body, sha256 = build(draft)
+            try:
+                await conn.execute(
+                    manifests.insert().values(
+                        account_id=account_id,
+                        sequence=sequence,
+                        run_id=run_id,
+                        key=key,
+                        sha256=sha256,
+                        previous_sha256=head.sha256,
+                        size=len(body),
+                        body=body,
+                        created_at=now,
+                        location="database" if in_database_only else None,
+                        uploaded_at=now if in_database_only else None,
+                    )
+                )
+            except IntegrityError as exc:  # (account, previous) or (account, sequence) taken: another writer won
+                raise ChainConflict(f"the manifest chain of account {account_id} moved; retry") from exc
+            moved = await conn.execute(
+                update(chain_heads)
+                .where(chain_heads.c.account_id == account_id, chain_heads.c.sequence == head.sequence)
+                .values(sequence=sequence, sha256=sha256, key=key, updated_at=now)
+            )
+            if moved.rowcount != 1:
+                raise ChainConflict(f"the manifest chain of account {account_id} moved; retry")
+            await conn.execute(
+                update(pairs)
+                .where(
+                    pairs.c.run_id == run_id,
+                    pairs.c.account_id == account_id,
+                    pairs.c.service.in_([r.service for r in new]),
+                )
+                .values(manifest_sequence=sequence)
+            )
+        log.info("manifest_appended", run_id=run_id, account_id=account_id, sequence=sequence, key=key, sha256=sha256)
+        return ManifestRecord(
+            account_id,
+            sequence,
+            run_id,
+            key,
+            sha256,
+            body,
+            requested_at,
+            "database" if in_database_only else None,
+            None,
+        )
+
+    async def pending_manifests(self, run_id: str | None = None) -> list[ManifestRecord]:
+        """Manifests not yet uploaded (all runs, or one), in chain order."""
+        query = (
+            select(manifests, runs.c.requested_at)
+            .select_from(manifests.join(runs, runs.c.run_id == manifests.c.run_id))
+            .where(manifests.c.uploaded_at.is_(None))
+        )
+        if run_id is not None:
+            query = query.where(manifests.c.run_id == run_id)
+        async with self._reader.connect() as conn:
+            rows = (await conn.execute(query.order_by(manifests.c.account_id, manifests.c.sequence))).all()
+        return [_manifest_record(r._mapping) for r in rows]
+
+    async def mark_manifest_uploaded(
+        self, account_id: str, sequence: int, *, location: str, version_id: str | None, now: datetime
+    ) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                update(manifests)
+                .where(
+                    manifests.c.account_id == account_id,
+                    manifests.c.sequence == sequence,
+                    manifests.c.uploaded_at.is_(None),
+                )
+                .values(location=location, version_id=version_id, uploaded_at=now)
+            )
+
+    async def manifest_records(self, account_id: str | None = None) -> list[ManifestRecord]:
+        """Every manifest in chain order (per account)."""
+        query = select(manifests, runs.c.requested_at).select_from(
+            manifests.join(runs, runs.c.run_id == manifests.c.run_id)
+        )
+        if account_id is not None:
+            query = query.where(manifests.c.account_id == account_id)
+        async with self._reader.connect() as conn:
+            rows = (await conn.execute(query.order_by(manifests.c.account_id, manifests.c.sequence))).all()
+        return [_manifest_record(r._mapping) for r in rows]
+
+    async def chain_heads(self) -> dict[str, ChainHead]:
+        async with self._reader.connect() as conn:
+            rows = (await conn.execute(select(chain_heads))).all()
+        return {r.account_id: ChainHead(r.account_id, int(r.sequence), r.sha256, r.key) for r in rows}
+
+    async def stored_objects(self, account_id: str | None = None) -> dict[str, bytes]:
+        """Evidence documents and manifests kept in the database, by key (verification without a bucket)."""
+        result: dict[str, bytes] = {}
+        async with self._reader.connect() as conn:
+            for table in (documents, manifests):
+                query = select(table.c.key, table.c.body)
+                if account_id is not None:
+                    query = query.where(table.c.account_id == account_id)
+                for row in await conn.execute(query):
+                    result[row.key] = bytes(row.body)
+        return result
+
+    async def runs_without_manifests(self) -> list[str]:
+        """Final runs with evidence that no manifest lists yet (a crash between finalising and sealing)."""
+        query = (
+            select(pairs.c.run_id)
+            .select_from(pairs.join(runs, runs.c.run_id == pairs.c.run_id))
+            .where(
+                runs.c.state.in_(_FINAL_STATES),
+                pairs.c.planned.is_(True),
+                pairs.c.evidence_done_at.is_not(None),
+                pairs.c.manifest_sequence.is_(None),
+            )
+            .distinct()
+        )
+        async with self._reader.connect() as conn:
+            return sorted(str(r) for r in (await conn.scalars(query)).all())
+
+    async def unlisted_evidence_keys(self) -> set[str]:
+        """Evidence keys recorded but not yet in any manifest (their run is still open)."""
+        query = select(pairs.c.evidence_key).where(
+            pairs.c.evidence_key.is_not(None), pairs.c.manifest_sequence.is_(None)
+        )
+        async with self._reader.connect() as conn:
+            return {str(k) for k in (await conn.scalars(query)).all()}
 
     # --- reads --------------------------------------------------------------------------------
 
@@ -715,7 +1005,7 @@ class EvidenceStore:
         """Rows per table for one run (operators' sanity checks and tests)."""
         result: dict[str, int] = {}
         async with self._reader.connect() as conn:
-            for table in (runs, pairs, chunks, findings, documents):
+            for table in (runs, pairs, chunks, findings, documents, manifests):
                 n = await conn.scalar(select(func.count()).select_from(table).where(table.c.run_id == run_id))
                 result[table.name] = int(n or 0)
         return result
@@ -752,6 +1042,20 @@ def _finding_row(finding: Finding) -> dict[str, Any]:
         "observed_at": finding.observed_at,
         "collector_version": finding.collector_version,
     }
+
+
+def _manifest_record(row: Mapping[Any, Any]) -> ManifestRecord:
+    return ManifestRecord(
+        account_id=row["account_id"],
+        sequence=int(row["sequence"]),
+        run_id=row["run_id"],
+        key=row["key"],
+        sha256=row["sha256"],
+        body=bytes(row["body"]),
+        requested_at=row["requested_at"],
+        location=row["location"],
+        version_id=row["version_id"],
+    )
 
 
 def _finding(row: Mapping[Any, Any]) -> Finding:

@@ -17,6 +17,7 @@ import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 
 from services.evidence.document import EvidenceDocument
+from services.evidence.manifest import dated_retention
 from shared.aws import AwsClients, TransientAwsError, error_code
 from shared.settings import Settings
 
@@ -71,6 +72,8 @@ class S3Uploader:
         self._aws = aws
         self._bucket = bucket
         self._kms_key_id = settings.evidence_kms_key_id
+        self._lock_mode = settings.evidence_object_lock_mode
+        self._lock_days = settings.evidence_object_lock_days
         self._region = settings.aws_region
         self._stack: contextlib.AsyncExitStack | None = None
         self._client: S3Client | None = None
@@ -84,6 +87,8 @@ class S3Uploader:
         try:
             self._client = await stack.enter_async_context(self._aws.client("s3"))
             await self.check_bucket()
+            if self._lock_mode is not None:
+                await self.check_object_lock()
         except BaseException:
             self._client = None
             await stack.aclose()
@@ -135,6 +140,31 @@ class S3Uploader:
             ) from exc
         log.info("evidence_bucket_ok", bucket=name)
 
+    async def check_object_lock(self) -> None:
+        """With KUSHIM_EVIDENCE_OBJECT_LOCK_MODE set, the bucket must have Object Lock enabled (it can only be
+        enabled on a versioned bucket): otherwise every put would fail."""
+        name = self._bucket
+        try:
+            response = await self._s3().get_object_lock_configuration(Bucket=name)
+            enabled = response.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
+        except ClientError as exc:
+            code = error_code(exc) or ""
+            if code != "ObjectLockConfigurationNotFoundError":
+                log.error("evidence_object_lock_unknown", bucket=name, code=code)
+                raise EvidenceBucketError(
+                    f"cannot read the Object Lock configuration of evidence bucket {name!r} ({code}): grant "
+                    f"s3:GetBucketObjectLockConfiguration on arn:aws:s3:::{name}, or unset "
+                    "KUSHIM_EVIDENCE_OBJECT_LOCK_MODE"
+                ) from exc
+            enabled = False
+        if not enabled:
+            log.error("evidence_object_lock_disabled", bucket=name)
+            raise EvidenceBucketError(
+                f"KUSHIM_EVIDENCE_OBJECT_LOCK_MODE={self._lock_mode} but evidence bucket {name!r} does not have "
+                "Object Lock enabled: enable it on the bucket (versioning required) or unset the setting"
+            )
+        log.info("evidence_object_lock_ok", bucket=name, mode=self._lock_mode, days=self._lock_days)
+
     async def put(self, document: EvidenceDocument) -> StoredObject:
         digest = base64.b64encode(bytes.fromhex(document.sha256)).decode()
         params: dict[str, Any] = {
@@ -151,6 +181,9 @@ class S3Uploader:
             params["SSEKMSKeyId"] = self._kms_key_id
         else:
             params["ServerSideEncryption"] = "AES256"
+        if self._lock_mode is not None and document.dated is not None:
+            params["ObjectLockMode"] = self._lock_mode
+            params["ObjectLockRetainUntilDate"] = dated_retention(document.dated, self._lock_days)
         try:
             response = await self._s3().put_object(**params)
         except ClientError as exc:

@@ -116,7 +116,21 @@ async def test_run_completes_with_evidence_in_s3_and_replay_changes_nothing(
 
         day = f"evidence/{ACCOUNT}/2026/03/14/{run_id}"
         objects = all_versions(s3)
-        assert [key for key, _ in objects] == [f"{day}/iam.json", f"{day}/s3.json"]
+        manifest_key = f"manifests/{ACCOUNT}/0000000001-{run_id}.json"
+        assert [key for key, _ in objects] == [f"{day}/iam.json", f"{day}/s3.json", manifest_key]
+        versions = dict(objects)
+        manifest = json.loads(s3.get_object(Bucket=BUCKET, Key=manifest_key)["Body"].read())
+        assert manifest["previous_sha256"] == "0" * 64
+        assert manifest["sequence"] == 1
+        assert manifest["missing_services"] == []
+        assert [(o["key"], o["version_id"]) for o in manifest["objects"]] == [
+            (f"{day}/iam.json", versions[f"{day}/iam.json"]),
+            (f"{day}/s3.json", versions[f"{day}/s3.json"]),
+        ]
+        for entry in manifest["objects"]:
+            body = s3.get_object(Bucket=BUCKET, Key=entry["key"])["Body"].read()
+            assert entry["sha256"] == hashlib.sha256(body).hexdigest()
+            assert entry["size"] == len(body)
         for key, _ in objects:
             head = s3.head_object(Bucket=BUCKET, Key=key, ChecksumMode="ENABLED")
             body = s3.get_object(Bucket=BUCKET, Key=key)["Body"].read()
@@ -134,6 +148,7 @@ async def test_run_completes_with_evidence_in_s3_and_replay_changes_nothing(
             "evidence_chunks": 3,
             "evidence_findings": 5,
             "evidence_documents": 2,
+            "evidence_manifests": 1,
         }
 
         # Replay everything under new message ids: same rows, same objects, no new version, one RunCompleted.
@@ -209,10 +224,11 @@ async def test_upload_failure_is_retried_and_the_run_completes(
 
         assert completed.state is RunState.COMPLETE
         assert completed.controls[Soc2Control.CC6_7].status is Status.FAIL
-        assert flaky.calls == 2  # the last chunk was redelivered after the failed upload
+        assert flaky.calls == 3  # failed evidence put, its retry on redelivery, then the manifest
         rows = await store.count_rows(run_id)
         assert (rows["evidence_chunks"], rows["evidence_findings"], rows["evidence_documents"]) == (1, 1, 1)
-        assert len(all_versions(s3)) == 1
+        assert rows["evidence_manifests"] == 1
+        assert len(all_versions(s3)) == 2  # the evidence document and the run's manifest, one version each
 
 
 async def test_database_failure_is_retried_and_evidence_stays_in_the_database(

@@ -45,6 +45,7 @@ async def test_same_chunk_twice_stores_one_row_each(store: EvidenceStore) -> Non
         "evidence_chunks": 1,
         "evidence_findings": 2,
         "evidence_documents": 0,
+        "evidence_manifests": 0,
     }
     last = await store.save_chunk(chunk1, NOW)
     assert last.all_received

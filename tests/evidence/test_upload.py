@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -96,3 +97,43 @@ async def test_missing_bucket_is_a_clear_error(make_settings: Callable[..., Sett
     with pytest.raises(EvidenceBucketError, match=r"'kushim-evidence-storage-missing' .* does not exist"):
         await up.start()
     await up.stop()  # harmless after a failed start
+
+
+async def test_object_lock_retention_is_dated_from_the_run(
+    make_settings: Callable[..., Settings], moto_endpoint: str
+) -> None:
+    """With Object Lock configured, each object is retained until requested_at + days (the same date on a replay)."""
+    client = boto3_client(moto_endpoint, "s3")
+    client.create_bucket(Bucket="kushim-evidence-storage-locked", ObjectLockEnabledForBucket=True)
+    settings = make_settings(
+        aws_endpoint_url=moto_endpoint,
+        evidence_bucket="kushim-evidence-storage-locked",
+        evidence_object_lock_mode="COMPLIANCE",
+        evidence_object_lock_days=30,
+    )
+    up = S3Uploader(AwsClients(settings), settings, "kushim-evidence-storage-locked")
+    await up.start()
+    try:
+        body = b'{"locked":true}'
+        dated = datetime(2026, 3, 14, 23, 30, tzinfo=UTC)
+        doc = EvidenceDocument(key=KEY, body=body, sha256=hashlib.sha256(body).hexdigest(), dated=dated)
+        await up.put(doc)
+        assert (await up.put(doc)).replay
+    finally:
+        await up.stop()
+    # moto answers GetObjectRetention with HTTP 500 here; HeadObject reports the same retention.
+    head = client.head_object(Bucket="kushim-evidence-storage-locked", Key=KEY)
+    assert head["ObjectLockMode"] == "COMPLIANCE"
+    assert head["ObjectLockRetainUntilDate"] == datetime(2026, 4, 13, 23, 30, tzinfo=UTC)
+    assert len(client.list_object_versions(Bucket="kushim-evidence-storage-locked")["Versions"]) == 1
+
+
+async def test_object_lock_setting_without_a_locked_bucket_refuses_to_start(
+    s3: Any, make_settings: Callable[..., Settings], moto_endpoint: str
+) -> None:
+    settings = make_settings(
+        aws_endpoint_url=moto_endpoint, evidence_bucket=BUCKET, evidence_object_lock_mode="GOVERNANCE"
+    )
+    up = S3Uploader(AwsClients(settings), settings, BUCKET)
+    with pytest.raises(EvidenceBucketError, match="does not have Object Lock enabled"):
+        await up.start()
