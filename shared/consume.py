@@ -3,9 +3,11 @@
 - Invalid input (or a `Rejected` raised by the handler): a DeadLetter is published on `kushim.dlq.<consumer>` (its
   PubAck awaited), the rejection is logged with the reason, and the message is terminated. If even the dead letter
   cannot be written the message is nacked, never dropped.
-- A transient failure (any other exception): nack with a growing delay, until the last allowed delivery, where the
-  handler's `on_exhausted` gets a chance to record the failure (collectors publish ERROR findings) before the
-  message is dead-lettered.
+- A failure (any other exception): nack with a growing delay, until the last allowed delivery (`max_deliver`), where
+  the handler's `on_exhausted` gets a chance to record the failure (collectors publish ERROR findings) before the
+  message is dead-lettered. Consumers that must not lose a run (`retry_forever`) retry outages (`is_outage`: the
+  database, S3 or NATS unreachable, timeouts) for as long as they last; a message that fails for any other reason
+  (a poison message) is dead-lettered once it has been delivered `max_deliver` times.
 - Success: ack only after the handler returned, i.e. after its effect is durable.
 Long handlers keep the message alive with `in_progress()` so `ack_wait` does not expire mid-scan.
 """
@@ -21,11 +23,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
+import sqlalchemy.exc
 import structlog
+from botocore.exceptions import BotoCoreError, ClientError
 from faststream.nats import NatsBroker, NatsMessage
+from nats.errors import Error as NatsError
 from pydantic import BaseModel, ValidationError
 
 from shared import subjects
+from shared.aws import TransientAwsError
 from shared.log import redact_value
 from shared.messages import DeadLetter
 from shared.nats import ConsumerSpec, publish_durable
@@ -96,6 +102,39 @@ def excerpt(body: bytes) -> str:
         else:
             kept[name] = f"<redacted: {size} chars>"
     return json.dumps({"sha256": digest, "bytes": len(body), "fields": kept})[:PAYLOAD_EXCERPT_BYTES]
+
+
+_OUTAGE_TYPES: tuple[type[BaseException], ...] = (
+    OSError,  # ConnectionError and friends
+    TimeoutError,  # asyncio.timeout (the handler timeout) and socket timeouts
+    BotoCoreError,  # endpoint unreachable, read timeout, ...
+    TransientAwsError,
+    NatsError,
+    sqlalchemy.exc.OperationalError,  # database unreachable, "database is locked"
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.DisconnectionError,
+    sqlalchemy.exc.TimeoutError,  # connection pool exhausted
+)
+
+
+def is_outage(exc: BaseException) -> bool:
+    """Does this failure say "something we depend on is unavailable" (retry until it is back) rather than "this
+    message cannot be processed" (a poison message, given up after max_deliver)?"""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, _OUTAGE_TYPES):
+            return True
+        if isinstance(current, sqlalchemy.exc.DBAPIError) and current.connection_invalidated:
+            return True
+        if isinstance(current, ClientError):
+            status = int(current.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            code = str(current.response.get("Error", {}).get("Code", ""))
+            if status >= 500 or status == 429 or code in ("SlowDown", "Throttling", "ThrottlingException"):
+                return True
+        current = current.__cause__
+    return False
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +232,7 @@ class Consumer(Generic[M]):
         self._on_exhausted = on_exhausted
         self._context = context
         self._retry_forever = spec.retry_forever
+        self._dead_letter = spec.dead_letters
 
     async def __call__(self, msg: NatsMessage) -> None:
         body: bytes = msg.body
@@ -224,6 +264,10 @@ class Consumer(Generic[M]):
             structlog.contextvars.clear_contextvars()
 
     async def _reject(self, msg: NatsMessage, delivery: Delivery, body: bytes, reason: str) -> None:
+        if not self._dead_letter:
+            log.error("message_dropped_unstorable", reason=reason, stream_sequence=delivery.stream_sequence)
+            await msg.reject()
+            return
         log.warning("message_rejected", reason=reason, stream_sequence=delivery.stream_sequence)
         try:
             await self._dead_letters.write(delivery, body, reason)
@@ -236,7 +280,8 @@ class Consumer(Generic[M]):
         await msg.reject()
 
     async def _failed(self, msg: NatsMessage, delivery: Delivery, body: bytes, payload: M, exc: BaseException) -> None:
-        last = not self._retry_forever and delivery.num_delivered >= self._settings.max_deliver
+        spent = delivery.num_delivered >= self._settings.max_deliver
+        last = spent and not (self._retry_forever and is_outage(exc))
         if not last:
             exponent = min(delivery.num_delivered - 1, 20)
             delay = min(MAX_RETRY_DELAY_SECONDS, self._settings.retry_delay_seconds * 2**exponent)

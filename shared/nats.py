@@ -49,9 +49,12 @@ class ConsumerSpec:
     description: str
     max_ack_pending: int = 1000
     retry_forever: bool = False
-    """Transient failures are retried (with a capped delay) until they succeed instead of being given up after
-    `max_deliver`: for consumers whose loss would lose a run (the scheduler's requests, the evidence service's
-    plans and findings). Bad input is still dead-lettered at once."""
+    """Outages (database, S3, NATS unreachable: `shared.consume.is_outage`) are retried with a capped delay until
+    they end, instead of being given up after `max_deliver`: for consumers whose loss would lose a run (the
+    scheduler's requests, the evidence service's plans and findings). Any other failure is given up after
+    `max_deliver` deliveries and dead-lettered; bad input is dead-lettered at once."""
+    dead_letters: bool = True
+    """False for the consumer of the dead letters themselves: what it cannot store is logged, never re-dead-lettered."""
 
 
 def stream_configs(settings: Settings) -> list[StreamConfig]:
@@ -138,6 +141,17 @@ def evidence_findings_consumer() -> ConsumerSpec:
     )
 
 
+def evidence_dead_letters_consumer() -> ConsumerSpec:
+    return ConsumerSpec(
+        subjects.STREAM_DLQ,
+        subjects.DURABLE_EVIDENCE_DEAD_LETTERS,
+        f"{subjects.DLQ_PREFIX}.>",
+        "Evidence: dead letters into the database",
+        retry_forever=True,
+        dead_letters=False,
+    )
+
+
 def collector_consumer(service: Service) -> ConsumerSpec:
     return ConsumerSpec(
         subjects.STREAM_CHECKS,
@@ -152,6 +166,7 @@ def all_consumers() -> list[ConsumerSpec]:
         scheduler_consumer(),
         evidence_plans_consumer(),
         evidence_findings_consumer(),
+        evidence_dead_letters_consumer(),
         *(collector_consumer(service) for service in Service),
     ]
 

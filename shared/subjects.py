@@ -62,6 +62,7 @@ def dlq_subject(consumer: str) -> str:
 DURABLE_SCHEDULER: Final = "scheduler-run-requests"
 DURABLE_EVIDENCE_PLANS: Final = "evidence-run-plans"
 DURABLE_EVIDENCE_FINDINGS: Final = "evidence-findings"
+DURABLE_EVIDENCE_DEAD_LETTERS: Final = "evidence-dead-letters"
 
 
 def collector_durable(service: Service) -> str:

@@ -32,9 +32,10 @@ from shared import subjects
 from shared.aws import AwsClients
 from shared.consume import Consumer, Delivery, Rejected
 from shared.controls import gating_table
-from shared.messages import FindingsReported, RunPlanned
+from shared.messages import DeadLetter, FindingsReported, RunPlanned
 from shared.nats import (
     durable_subscriber,
+    evidence_dead_letters_consumer,
     evidence_findings_consumer,
     evidence_plans_consumer,
     make_broker,
@@ -141,6 +142,16 @@ class EvidenceService:
             if not done:
                 return
         await self.settle(chunk.run_id)
+
+    async def handle_dead_letter(self, letter: DeadLetter, delivery: Delivery, msg: NatsMessage) -> None:
+        if await self.store.save_dead_letter(letter, datetime.now(UTC)):
+            log.warning(
+                "dead_letter_stored",
+                dead_consumer=letter.consumer,
+                dead_subject=letter.subject,
+                reason=letter.reason,
+                num_delivered=letter.num_delivered,
+            )
 
     # --- evidence and completion --------------------------------------------------------------
 
@@ -325,6 +336,17 @@ def create_evidence(
     )
     async def on_findings_reported(msg: NatsMessage) -> None:
         await chunks(msg)
+
+    letters_spec = evidence_dead_letters_consumer()
+    letters: Consumer[DeadLetter] = Consumer(
+        spec=letters_spec, model=DeadLetter, handler=service.handle_dead_letter, broker=broker, settings=settings
+    )
+
+    @durable_subscriber(
+        broker, letters_spec, description="Keeps every dead letter (any consumer's) in the evidence database."
+    )
+    async def on_dead_letter(msg: NatsMessage) -> None:
+        await letters(msg)
 
     # A core (non-JetStream) subscription: FastStream accepts only MANUAL there (any other policy warns), and a core
     # message has nothing to ack. The reply is the handler's return value.

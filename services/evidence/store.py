@@ -13,6 +13,7 @@ surfaces as "database is locked", a transient error).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -54,6 +55,7 @@ from services.evidence import migrate
 from shared.controls import StatusCount, control_verdicts
 from shared.messages import (
     ControlVerdict,
+    DeadLetter,
     Finding,
     FindingsReported,
     PlannedCheck,
@@ -598,6 +600,50 @@ class EvidenceStore:
     async def mark_published(self, run_id: str) -> None:
         async with self._engine.begin() as conn:
             await conn.execute(update(runs).where(runs.c.run_id == run_id).values(completion_published=True))
+
+    # --- dead letters -------------------------------------------------------------------------
+
+    async def save_dead_letter(self, letter: DeadLetter, now: datetime) -> bool:
+        """Keep a dead letter (idempotent: the same letter delivered twice is one row). True when it is new."""
+        ident = "|".join(
+            (letter.consumer, letter.subject, str(letter.stream_sequence), letter.reason, letter.payload_excerpt)
+        )
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                self._insert(dead_letters)
+                .values(
+                    letter_id=hashlib.sha256(ident.encode()).hexdigest(),
+                    consumer=letter.consumer,
+                    subject=letter.subject,
+                    reason=letter.reason,
+                    stream_sequence=letter.stream_sequence,
+                    num_delivered=letter.num_delivered or 0,
+                    payload_excerpt=letter.payload_excerpt,
+                    dead_lettered_at=letter.dead_lettered_at,
+                    stored_at=now,
+                )
+                .on_conflict_do_nothing(index_elements=["letter_id"])
+            )
+            return bool(result.rowcount)
+
+    async def dead_letter_rows(self, consumer: str | None = None) -> list[DeadLetter]:
+        query = select(dead_letters).order_by(dead_letters.c.dead_lettered_at, dead_letters.c.letter_id)
+        if consumer is not None:
+            query = query.where(dead_letters.c.consumer == consumer)
+        async with self._reader.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [
+            DeadLetter(
+                consumer=r.consumer,
+                subject=r.subject,
+                reason=r.reason,
+                stream_sequence=r.stream_sequence,
+                num_delivered=r.num_delivered,
+                payload_excerpt=r.payload_excerpt,
+                dead_lettered_at=r.dead_lettered_at,
+            )
+            for r in rows
+        ]
 
     # --- manifests and their hash chain ---------------------------------------------------------
 

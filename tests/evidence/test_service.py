@@ -34,6 +34,7 @@ from shared.settings import Settings
 from tests.conftest import boto3_client
 from tests.evidence.factory import ACCOUNT, make_chunks, make_finding, make_plan, new_request_id
 from tests.evidence.harness import running_evidence
+from tests.helpers import eventually
 
 BUCKET = "kushim-evidence-storage-e2e"
 
@@ -348,3 +349,65 @@ async def test_a_plan_is_retried_past_max_deliver_and_the_run_still_completes(
     assert store.failures == 4
     assert completed.state is RunState.COMPLETE
     assert completed.run_id == run_id
+
+
+class PoisonChunk(EvidenceStore):
+    """One chunk can never be stored (a bug, not an outage); every other chunk can."""
+
+    def __init__(self, url: str, poison_index: int) -> None:
+        super().__init__(url)
+        self.poison_index = poison_index
+        self.poison_calls = 0
+
+    async def save_chunk(self, chunk: FindingsReported, now: datetime) -> PairProgress:
+        if chunk.service is Service.S3 and chunk.chunk_index == self.poison_index:
+            self.poison_calls += 1
+            raise ValueError("cannot store this chunk (injected)")
+        return await super().save_chunk(chunk, now)
+
+
+async def test_a_message_that_always_fails_is_dead_lettered_after_max_deliver(
+    e2e_settings: Callable[..., Settings],
+) -> None:
+    """Delivered exactly max_deliver times, then one dead-letter row (via KUSHIM_DLQ); the other chunks are stored
+    and the run, missing that pair, ends INCOMPLETE instead of waiting for ever."""
+    settings = e2e_settings(max_deliver=4, retry_delay_seconds=0.05, run_deadline_seconds=2)
+    store = PoisonChunk(settings.effective_database_url, poison_index=1)
+    request_id = new_request_id()
+    run_id = run_id_for(request_id)
+    s3_findings = [make_finding(run_id, ACCOUNT, "s3.bucket_versioning", f"bucket/b{i}", Status.PASS) for i in range(6)]
+    iam_findings = [make_finding(run_id, ACCOUNT, "iam.user_mfa", "user/alice", Status.PASS)]
+
+    async with running_evidence(settings, store=store) as h:
+        await h.plan(
+            make_plan(
+                request_id,
+                [(ACCOUNT, Service.IAM), (ACCOUNT, Service.S3)],
+                deadline_at=datetime.now(UTC) + timedelta(seconds=3),
+            )
+        )
+        await h.chunks(make_chunks(request_id, ACCOUNT, Service.S3, s3_findings, per_chunk=2))
+        await h.chunks(make_chunks(request_id, ACCOUNT, Service.IAM, iam_findings))
+        completed = await h.next_completion(timeout=20)
+        await eventually(lambda: _has_dead_letter(store), timeout=10, what="the dead-letter row")
+        await h.drained()
+        rows = await store.dead_letter_rows()
+
+    assert store.poison_calls == 4
+    assert len(rows) == 1
+    letter = rows[0]
+    assert letter.consumer == "evidence-findings"
+    assert letter.subject == "kushim.findings.s3"
+    assert letter.num_delivered == 4
+    assert "failed after 4 deliveries" in letter.reason
+    assert "cannot store this chunk" in letter.reason
+    assert '"chunk_index": 1' in letter.payload_excerpt
+    assert "bucket/b2" not in letter.payload_excerpt  # findings are not copied into dead letters
+    counts = await store.count_rows(run_id)
+    assert (counts["evidence_chunks"], counts["evidence_findings"]) == (3, 5)  # 2 of 3 S3 chunks + IAM's
+    assert completed.state is RunState.INCOMPLETE
+    assert completed.missing == [PlannedCheck(account_id=ACCOUNT, service=Service.S3)]
+
+
+async def _has_dead_letter(store: EvidenceStore) -> bool:
+    return len(await store.dead_letter_rows()) >= 1
