@@ -319,3 +319,71 @@ class ReportPage(_Internal):
     page: int = 0
     page_size: int = 0
     next_page: int | None = None
+
+
+# ---------------------------------------------------------------------------------------------
+# Runs over time and history (request/reply on kushim.api.runs and kushim.api.history)
+# ---------------------------------------------------------------------------------------------
+
+
+class RunsRequest(_External):
+    """List runs, newest first (optionally only those that checked one account)."""
+
+    schema_version: Literal[1] = 1
+    account_id: AccountId | None = Field(None, description="Only runs that planned checks for this account.")
+    limit: int = Field(20, ge=1, le=200, description="Runs per page.")
+    before: AwareDatetime | None = Field(None, description="Only runs requested before this time (the next page).")
+
+
+class RunListEntry(_Internal):
+    run: RunSummary
+    accounts: list[AccountId] = Field(default_factory=list)
+    findings_total: int = 0
+    findings_by_status: dict[Status, int] = Field(default_factory=dict)
+
+
+class RunsPage(_Internal):
+    schema_version: Literal[1] = 1
+    ok: bool
+    error: str | None = None
+    runs: list[RunListEntry] = Field(default_factory=list)
+    next_before: AwareDatetime | None = Field(None, description="Pass as `before` for the next page; null at the end.")
+
+
+class HistoryRequest(_External):
+    """What changed between consecutive runs of one account, newest first."""
+
+    schema_version: Literal[1] = 1
+    account_id: AccountId
+    limit: int = Field(10, ge=1, le=50, description="Runs to show (each compared with the run before it).")
+    changes_limit: int = Field(100, ge=1, le=1000, description="Changes listed per run and direction (totals exact).")
+
+
+class ResourceChange(_Internal):
+    check_id: str
+    control: Soc2Control
+    resource_id: str
+    region: str
+    before: Status | None = Field(None, description="Status in the previous run; null: not seen there.")
+    after: Status | None = Field(None, description="Status in this run; null: not seen (e.g. the resource is gone).")
+
+
+class HistoryEntry(_Internal):
+    run: RunSummary
+    findings_by_status: dict[Status, int] = Field(default_factory=dict)
+    compared_with: RunId | None = Field(None, description="The previous run of the account; null for the first.")
+    services_compared: list[Service] = Field(
+        default_factory=list, description="Services with evidence in both runs; others are not compared."
+    )
+    started_failing: list[ResourceChange] = Field(default_factory=list, description="FAIL now, not FAIL before.")
+    stopped_failing: list[ResourceChange] = Field(default_factory=list, description="FAIL before, not FAIL now.")
+    started_failing_total: int = 0
+    stopped_failing_total: int = 0
+
+
+class HistoryPage(_Internal):
+    schema_version: Literal[1] = 1
+    ok: bool
+    error: str | None = None
+    account_id: AccountId | None = None
+    entries: list[HistoryEntry] = Field(default_factory=list)

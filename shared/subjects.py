@@ -31,6 +31,11 @@ DLQ_PREFIX: Final = "kushim.dlq"
 # --- request/reply (core NATS, no stream) ---------------------------------------------------
 REPORT_REQUEST: Final = "kushim.api.report"
 """Paged report of a run, answered by the evidence service (ReportRequest -> ReportPage)."""
+RUNS_REQUEST: Final = "kushim.api.runs"
+"""Runs over time, newest first, answered by the evidence service (RunsRequest -> RunsPage)."""
+HISTORY_REQUEST: Final = "kushim.api.history"
+"""What changed between an account's consecutive runs, answered by the evidence service (HistoryRequest ->
+HistoryPage)."""
 CONNECTION_TEST: Final = "kushim.api.connection-test"
 """Connection test of the AWS credentials, answered by the scheduler (ConnectionTestRequest -> ConnectionTestResult)."""
 

@@ -14,17 +14,22 @@ import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.api import PubAck
+from pydantic import BaseModel
 
 from shared import subjects
 from shared.messages import (
     ConnectionTestRequest,
     ConnectionTestResult,
     Finding,
+    HistoryPage,
+    HistoryRequest,
     ReportPage,
     ReportRequest,
     RunCompleted,
     RunRejected,
     RunRequested,
+    RunsPage,
+    RunsRequest,
     RunState,
     RunSummary,
     Service,
@@ -182,6 +187,26 @@ class KushimClient:
                 f"the evidence service did not answer on {subjects.REPORT_REQUEST} ({exc or type(exc).__name__})"
             ) from exc
         return ReportPage.model_validate_json(reply.data)
+
+    async def _ask(self, subject: str, request: BaseModel, timeout: float) -> bytes:
+        try:
+            reply = await self._nc.request(subject, request.model_dump_json().encode(), timeout=timeout)
+        except Exception as exc:
+            reason = exc or type(exc).__name__
+            raise CouldNotRun(f"the evidence service did not answer on {subject} ({reason})") from exc
+        return bytes(reply.data)
+
+    async def runs(self, request: RunsRequest, timeout: float = 10.0) -> RunsPage:
+        page = RunsPage.model_validate_json(await self._ask(subjects.RUNS_REQUEST, request, timeout))
+        if not page.ok:
+            raise CouldNotRun(page.error or "the evidence service could not list runs")
+        return page
+
+    async def history(self, request: HistoryRequest, timeout: float = 30.0) -> HistoryPage:
+        page = HistoryPage.model_validate_json(await self._ask(subjects.HISTORY_REQUEST, request, timeout))
+        if not page.ok:
+            raise CouldNotRun(page.error or "the evidence service could not build the history")
+        return page
 
     async def connection_test(self, request_id: str | None = None, timeout: float = 60.0) -> ConnectionTestResult:
         request = ConnectionTestRequest(request_id=request_id)

@@ -28,6 +28,7 @@ from services.cli.client import (
 from services.cli.common import Output, broker_url, err, load_settings, out
 from services.cli.db import db_app
 from services.cli.evidence_cmd import evidence_app
+from services.cli.runs_cmd import export, history, runs
 from services.cli.state import SERVICE_NAMES, clear_state, write_state
 from shared.consume import validation_reason
 from shared.controls import CATALOG, CONTROL_TITLES, gating_table
@@ -342,6 +343,9 @@ def showload_settings() -> None:
     out.print(table)
 
 
+app.command()(runs)
+app.command()(history)
+app.command()(export)
 app.add_typer(db_app)
 app.add_typer(evidence_app)
 

@@ -362,6 +362,30 @@ def create_evidence(
         page = await service.reports.answer(msg.body)
         return page.model_dump_json().encode()
 
+    @broker.subscriber(
+        subjects.RUNS_REQUEST,
+        queue=REPORT_QUEUE,
+        ack_policy=AckPolicy.MANUAL,
+        title=f"{SERVICE_NAME}:{subjects.RUNS_REQUEST}",
+        description="Answers a RunsRequest with a RunsPage: runs newest first, with their verdicts and counts.",
+    )
+    async def on_runs_request(msg: NatsMessage) -> bytes:
+        structlog.contextvars.clear_contextvars()
+        page = await service.reports.runs(msg.body)
+        return page.model_dump_json().encode()
+
+    @broker.subscriber(
+        subjects.HISTORY_REQUEST,
+        queue=REPORT_QUEUE,
+        ack_policy=AckPolicy.MANUAL,
+        title=f"{SERVICE_NAME}:{subjects.HISTORY_REQUEST}",
+        description="Answers a HistoryRequest with a HistoryPage: resources that started or stopped failing per run.",
+    )
+    async def on_history_request(msg: NatsMessage) -> bytes:
+        structlog.contextvars.clear_contextvars()
+        page = await service.reports.history(msg.body)
+        return page.model_dump_json().encode()
+
     app = ServiceApp(
         name=SERVICE_NAME,
         broker=broker,

@@ -11,12 +11,27 @@ follows `next_page` with the reply's `page_size`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import structlog
 from pydantic import ValidationError
 
-from services.evidence.store import EvidenceStore
+from services.evidence.history import changes
+from services.evidence.store import EvidenceStore, ResourceStatus, StoredRun
 from shared.consume import validation_reason
-from shared.messages import Finding, ReportPage, ReportRequest, RunSummary
+from shared.messages import (
+    Finding,
+    HistoryEntry,
+    HistoryPage,
+    HistoryRequest,
+    ReportPage,
+    ReportRequest,
+    RunListEntry,
+    RunsPage,
+    RunsRequest,
+    RunSummary,
+    Status,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -57,16 +72,7 @@ class Reports:
         total, findings = await self._store.findings_page(
             run.run_id, account_id=request.account_id, offset=offset, limit=request.page_size
         )
-        summary = RunSummary(
-            run_id=run.run_id,
-            request_id=run.request_id,
-            requested_by=run.requested_by,
-            requested_at=run.requested_at,
-            state=run.state,
-            completed_at=run.completed_at,
-            controls=run.controls,
-            missing=run.missing,
-        )
+        summary = summary_of(run)
         head = ReportPage(ok=True, run=summary, services=services, findings_total=total)
         size = self._fitting_page_size(len(head.model_dump_json()), findings, request.page_size)
         if size != request.page_size:
@@ -84,6 +90,94 @@ class Reports:
             if requested % size == 0 and head_bytes + sum(sizes[:size]) + 64 <= self._budget:
                 return size
         return 1
+
+    async def runs(self, body: bytes) -> RunsPage:
+        try:
+            request = RunsRequest.model_validate_json(body)
+        except ValidationError as exc:
+            reason = validation_reason(exc)
+            log.warning("runs_request_invalid", reason=reason)
+            return RunsPage(ok=False, error=reason)
+        try:
+            rows = await self._store.list_runs(
+                account_id=request.account_id, limit=request.limit, before=request.before
+            )
+        except Exception as exc:
+            log.error("runs_failed", error=f"{type(exc).__name__}: {exc}")
+            return RunsPage(ok=False, error="the run list could not be read; see the evidence service log")
+        entries = [
+            RunListEntry(
+                run=summary_of(row.run),
+                accounts=row.accounts,
+                findings_total=row.findings_total,
+                findings_by_status={Status(k): v for k, v in row.findings_by_status.items()},
+            )
+            for row in rows
+        ]
+        more = len(rows) == request.limit
+        return RunsPage(ok=True, runs=entries, next_before=rows[-1].run.requested_at if more and rows else None)
+
+    async def history(self, body: bytes) -> HistoryPage:
+        try:
+            request = HistoryRequest.model_validate_json(body)
+        except ValidationError as exc:
+            reason = validation_reason(exc)
+            log.warning("history_request_invalid", reason=reason)
+            return HistoryPage(ok=False, error=reason)
+        try:
+            return await self._history(request)
+        except Exception as exc:
+            log.error("history_failed", error=f"{type(exc).__name__}: {exc}", account_id=request.account_id)
+            return HistoryPage(ok=False, error="the history could not be built; see the evidence service log")
+
+    async def _history(self, request: HistoryRequest) -> HistoryPage:
+        account = request.account_id
+        rows = await self._store.list_runs(account_id=account, limit=request.limit + 1)
+        if not rows:
+            return HistoryPage(ok=False, account_id=account, error=f"no run has checked account {account} yet")
+        statuses = [await self._store.resource_statuses(r.run.run_id, account) for r in rows]
+        services = [await self._store.evidence_services(r.run.run_id, account) for r in rows]
+        entries = []
+        for i, row in enumerate(rows[: request.limit]):
+            entry = HistoryEntry(
+                run=summary_of(row.run),
+                findings_by_status=_count(statuses[i].values()),
+            )
+            if i + 1 < len(rows):
+                both = services[i] & services[i + 1]
+                diff = changes(statuses[i + 1], statuses[i], both)
+                entry = entry.model_copy(
+                    update={
+                        "compared_with": rows[i + 1].run.run_id,
+                        "services_compared": sorted(both),
+                        "started_failing": diff.started_failing[: request.changes_limit],
+                        "stopped_failing": diff.stopped_failing[: request.changes_limit],
+                        "started_failing_total": len(diff.started_failing),
+                        "stopped_failing_total": len(diff.stopped_failing),
+                    }
+                )
+            entries.append(entry)
+        return HistoryPage(ok=True, account_id=account, entries=entries)
+
+
+def summary_of(run: StoredRun) -> RunSummary:
+    return RunSummary(
+        run_id=run.run_id,
+        request_id=run.request_id,
+        requested_by=run.requested_by,
+        requested_at=run.requested_at,
+        state=run.state,
+        completed_at=run.completed_at,
+        controls=run.controls,
+        missing=run.missing,
+    )
+
+
+def _count(found: Iterable[ResourceStatus]) -> dict[Status, int]:
+    counts = dict.fromkeys(Status, 0)
+    for item in found:
+        counts[item.status] += 1
+    return counts
 
 
 def _not_found(request: ReportRequest) -> str:

@@ -311,6 +311,21 @@ class StoredRun:
 
 
 @dataclass(frozen=True, slots=True)
+class RunRow:
+    run: StoredRun
+    accounts: list[str]
+    findings_total: int
+    findings_by_status: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceStatus:
+    status: Status
+    control: Soc2Control
+    region: str
+
+
+@dataclass(frozen=True, slots=True)
 class ManifestObjectRow:
     service: Service
     key: str
@@ -986,18 +1001,65 @@ class EvidenceStore:
         query = query.order_by(runs.c.requested_at.desc(), runs.c.planned_at.desc(), runs.c.run_id.desc()).limit(1)
         async with self._reader.connect() as conn:
             row = (await conn.execute(query)).one_or_none()
-        if row is None:
-            return None
-        return StoredRun(
-            run_id=row.run_id,
-            request_id=row.request_id,
-            requested_by=row.requested_by,
-            requested_at=row.requested_at,
-            state=RunState(row.state),
-            completed_at=row.completed_at,
-            controls={Soc2Control(k): ControlVerdict.model_validate(v) for k, v in (row.controls or {}).items()},
-            missing=[PlannedCheck.model_validate(m) for m in row.missing or []],
+        return None if row is None else _stored_run(row._mapping)
+
+    async def list_runs(
+        self, *, account_id: str | None = None, limit: int = 20, before: datetime | None = None
+    ) -> list[RunRow]:
+        """Runs, newest first: each with the accounts it planned and its findings counts (final runs)."""
+        query = select(runs)
+        if account_id is not None:
+            query = query.where(
+                select(pairs.c.run_id)
+                .where(pairs.c.run_id == runs.c.run_id, pairs.c.account_id == account_id, pairs.c.planned.is_(True))
+                .exists()
+            )
+        if before is not None:
+            query = query.where(runs.c.requested_at < before)
+        query = query.order_by(runs.c.requested_at.desc(), runs.c.planned_at.desc(), runs.c.run_id.desc()).limit(limit)
+        async with self._reader.connect() as conn:
+            rows = (await conn.execute(query)).all()
+            ids = [r.run_id for r in rows]
+            planned = (
+                await conn.execute(
+                    select(pairs.c.run_id, pairs.c.account_id)
+                    .where(pairs.c.run_id.in_(ids), pairs.c.planned.is_(True))
+                    .distinct()
+                    .order_by(pairs.c.run_id, pairs.c.account_id)
+                )
+            ).all()
+        accounts: dict[str, list[str]] = {}
+        for p in planned:
+            accounts.setdefault(p.run_id, []).append(p.account_id)
+        return [
+            RunRow(
+                run=_stored_run(r._mapping),
+                accounts=accounts.get(r.run_id, []),
+                findings_total=int(r.findings_total or 0),
+                findings_by_status=dict(r.findings_by_status or {}),
+            )
+            for r in rows
+        ]
+
+    async def resource_statuses(self, run_id: str, account_id: str) -> dict[tuple[str, str], ResourceStatus]:
+        """(check_id, resource_id) → status, control and region of one account's findings in one run."""
+        query = select(
+            findings.c.check_id, findings.c.resource_id, findings.c.status, findings.c.control, findings.c.region
+        ).where(findings.c.run_id == run_id, findings.c.account_id == account_id)
+        async with self._reader.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return {
+            (r.check_id, r.resource_id): ResourceStatus(Status(r.status), Soc2Control(r.control), r.region)
+            for r in rows
+        }
+
+    async def evidence_services(self, run_id: str, account_id: str) -> set[Service]:
+        """The services of the account whose evidence the run holds (all their chunks stored)."""
+        query = select(pairs.c.service).where(
+            pairs.c.run_id == run_id, pairs.c.account_id == account_id, pairs.c.evidence_done_at.is_not(None)
         )
+        async with self._reader.connect() as conn:
+            return {Service(s) for s in (await conn.scalars(query)).all()}
 
     async def service_results(self, run_id: str, account_id: str | None = None) -> list[ServiceResult]:
         """One result per planned pair of the run: its summary and where its evidence lives."""
@@ -1088,6 +1150,19 @@ def _finding_row(finding: Finding) -> dict[str, Any]:
         "observed_at": finding.observed_at,
         "collector_version": finding.collector_version,
     }
+
+
+def _stored_run(row: Mapping[Any, Any]) -> StoredRun:
+    return StoredRun(
+        run_id=row["run_id"],
+        request_id=row["request_id"],
+        requested_by=row["requested_by"],
+        requested_at=row["requested_at"],
+        state=RunState(row["state"]),
+        completed_at=row["completed_at"],
+        controls={Soc2Control(k): ControlVerdict.model_validate(v) for k, v in (row["controls"] or {}).items()},
+        missing=[PlannedCheck.model_validate(m) for m in row["missing"] or []],
+    )
 
 
 def _manifest_record(row: Mapping[Any, Any]) -> ManifestRecord:
