@@ -41,6 +41,9 @@ def all_subjects() -> list[str]:
         subjects.RUNS_REJECTED,
         subjects.REPORT_REQUEST,
         subjects.CONNECTION_TEST,
+        subjects.RUNS_REQUEST,
+        subjects.HISTORY_REQUEST,
+        subjects.DURABLE_EVIDENCE_DEAD_LETTERS,
         subjects.STREAM_RUNS,
         subjects.STREAM_CHECKS,
         subjects.STREAM_FINDINGS,
@@ -75,6 +78,13 @@ MESSAGES: list[type[BaseModel]] = [
     messages.ConnectionTestRequest,
     messages.ConnectionTestResult,
     messages.ServiceConnection,
+    messages.RunsRequest,
+    messages.RunsPage,
+    messages.RunListEntry,
+    messages.HistoryRequest,
+    messages.HistoryPage,
+    messages.HistoryEntry,
+    messages.ResourceChange,
 ]
 
 
@@ -91,7 +101,24 @@ def test_every_check_is_in_the_readme(check_id: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "command", ["demo", "up", "check", "report", "serve", "connect", "controls", "policy", "settings"]
+    "command",
+    [
+        "demo",
+        "up",
+        "check",
+        "report",
+        "runs",
+        "history",
+        "export",
+        "evidence verify",
+        "db upgrade",
+        "db status",
+        "serve",
+        "connect",
+        "controls",
+        "policy",
+        "settings",
+    ],
 )
 def test_every_command_is_in_the_readme(command: str) -> None:
     assert f"`kushim {command}" in README
