@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 from services.cli.client import Report, run_check
 from services.cli.demo_account import DEMO_EVIDENCE_BUCKET, DEMO_REGION, seed_demo_account
 from services.cli.stack import running_stack
+from services.evidence.verify import Verification, verify_evidence
 from shared.messages import RunState, Soc2Control, Status
 from shared.settings import Settings
 
@@ -86,13 +87,15 @@ def verify(report: Report) -> list[str]:
     return problems
 
 
-async def _run(home: Path, endpoint: str) -> Report:
+async def _run(home: Path, endpoint: str) -> tuple[Report, Verification]:
     settings = demo_settings(home, endpoint)
     async with running_stack(settings, migrate=True) as stack:
-        return await run_check(stack.url, timeout=180.0, request_id=f"kushim-demo-{uuid.uuid4().hex[:12]}")
+        report = await run_check(stack.url, timeout=180.0, request_id=f"kushim-demo-{uuid.uuid4().hex[:12]}")
+    # What an auditor would run next: re-read the manifest chain and every evidence object from the bucket.
+    return report, await verify_evidence(settings)
 
 
-def run_demo() -> tuple[Report, list[str]]:
+def run_demo() -> tuple[Report, Verification, list[str]]:
     from moto.server import ThreadedMotoServer
 
     # moto logs every API it does not implement (LookupEvents) with a traceback: the finding says it already.
@@ -104,7 +107,11 @@ def run_demo() -> tuple[Report, list[str]]:
         endpoint = f"http://{host}:{port}"
         seed_demo_account(endpoint)
         with tempfile.TemporaryDirectory(prefix="kushim-demo-") as tmp:
-            report = asyncio.run(_run(Path(tmp), endpoint))
+            report, verification = asyncio.run(_run(Path(tmp), endpoint))
     finally:
         moto.stop()
-    return report, verify(report)
+    problems = verify(report)
+    if not verification.ok or verification.manifests != 1 or verification.objects != len(report.services):
+        found = ", ".join(f"{p.kind.value} {p.key}" for p in verification.problems)
+        problems.append(f"evidence verification: {verification.manifests} manifest(s), {found or 'no problem'}")
+    return report, verification, problems

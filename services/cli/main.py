@@ -156,11 +156,17 @@ def demo(
     configure_logging("INFO" if verbose else "ERROR", "console")
     started = time.monotonic()
     try:
-        result, problems = run_demo()
+        result, verification, problems = run_demo()
     except CouldNotRun as exc:
         err.print(f"[red]Demo could not run:[/red] {exc}")
         raise typer.Exit(render.EXIT_COULD_NOT_RUN) from None
     _show(result, output)
+    if output is Output.table:
+        out.print(
+            f"\n[bold]Evidence trail[/bold]  {verification.source}: {verification.manifests} manifest(s) and "
+            f"{verification.objects} evidence object(s) re-read: "
+            + ("[green]intact[/green]" if verification.ok else f"[red]{len(verification.problems)} problem(s)[/red]")
+        )
     elapsed = time.monotonic() - started
     if problems:
         err.print("[red]The demo report differs from the expected one:[/red]")
