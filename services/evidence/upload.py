@@ -27,6 +27,10 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 
+WRITE_CHECK_KEY = "kushim/write-check"
+"""The marker object the start-up check writes once (outside `evidence/` and `manifests/`)."""
+
+
 class EvidenceConflict(Exception):
     """An evidence object already exists under the key with different bytes: it is never overwritten."""
 
@@ -138,7 +142,25 @@ class S3Uploader:
                 f"evidence bucket {name!r} (AWS_S3_BUCKET_NAME) cannot be reached ({type(exc).__name__}): check "
                 "AWS_REGION, AWS_ENDPOINT_URL and network access to S3"
             ) from exc
+        await self._check_writable()
         log.info("evidence_bucket_ok", bucket=name)
+
+    async def _check_writable(self) -> None:
+        """A create-only put of a fixed marker object: S3 checks the permission before the condition, so a bucket
+        Kushim may not write to fails here (AccessDenied) rather than at the first upload; 412 means it exists."""
+        name = self._bucket
+        try:
+            params: dict[str, Any] = {"Bucket": name, "Key": WRITE_CHECK_KEY, "Body": b"kushim evidence writer\n"}
+            await self._s3().put_object(**params, IfNoneMatch="*", **self._encryption())
+        except ClientError as exc:
+            code, status = error_code(exc) or "", _status(exc)
+            if code == "PreconditionFailed" or status in (409, 412):
+                return
+            log.error("evidence_bucket_not_writable", bucket=name, code=code, status=status)
+            raise EvidenceBucketError(
+                f"evidence bucket {name!r} (AWS_S3_BUCKET_NAME) is not writable: PutObject failed ({code}); grant "
+                f"s3:PutObject on arn:aws:s3:::{name}/* (and kms:GenerateDataKey on the key with SSE-KMS)"
+            ) from exc
 
     async def check_object_lock(self) -> None:
         """With KUSHIM_EVIDENCE_OBJECT_LOCK_MODE set, the bucket must have Object Lock enabled (it can only be
@@ -165,6 +187,12 @@ class S3Uploader:
             )
         log.info("evidence_object_lock_ok", bucket=name, mode=self._lock_mode, days=self._lock_days)
 
+    def _encryption(self) -> dict[str, Any]:
+        """SSE-KMS with the configured key, else SSE-S3."""
+        if self._kms_key_id:
+            return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self._kms_key_id}
+        return {"ServerSideEncryption": "AES256"}
+
     async def put(self, document: EvidenceDocument) -> StoredObject:
         digest = base64.b64encode(bytes.fromhex(document.sha256)).decode()
         params: dict[str, Any] = {
@@ -176,11 +204,7 @@ class S3Uploader:
             "ChecksumSHA256": digest,
             "IfNoneMatch": "*",
         }
-        if self._kms_key_id:
-            params["ServerSideEncryption"] = "aws:kms"
-            params["SSEKMSKeyId"] = self._kms_key_id
-        else:
-            params["ServerSideEncryption"] = "AES256"
+        params.update(self._encryption())
         if self._lock_mode is not None and document.dated is not None:
             params["ObjectLockMode"] = self._lock_mode
             params["ObjectLockRetainUntilDate"] = dated_retention(document.dated, self._lock_days)

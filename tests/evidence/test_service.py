@@ -15,7 +15,7 @@ from sqlalchemy.exc import OperationalError
 from services.evidence.app import create_service
 from services.evidence.document import EvidenceDocument
 from services.evidence.store import EvidenceStore, PairKey, PairProgress
-from services.evidence.upload import EvidenceBucketError, S3Uploader, StoredObject
+from services.evidence.upload import WRITE_CHECK_KEY, EvidenceBucketError, S3Uploader, StoredObject
 from shared import subjects
 from shared.aws import AwsClients, TransientAwsError
 from shared.embedded import EmbeddedNats
@@ -47,8 +47,9 @@ def create_bucket(endpoint: str) -> Any:
 
 
 def all_versions(s3: Any) -> list[tuple[str, str]]:
+    """Every version of every evidence object and manifest (not the start-up write check's marker)."""
     listing = s3.list_object_versions(Bucket=BUCKET)
-    return sorted((v["Key"], v["VersionId"]) for v in listing.get("Versions", []))
+    return sorted((v["Key"], v["VersionId"]) for v in listing.get("Versions", []) if v["Key"] != WRITE_CHECK_KEY)
 
 
 @pytest.fixture

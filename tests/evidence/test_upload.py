@@ -125,7 +125,8 @@ async def test_object_lock_retention_is_dated_from_the_run(
     head = client.head_object(Bucket="kushim-evidence-storage-locked", Key=KEY)
     assert head["ObjectLockMode"] == "COMPLIANCE"
     assert head["ObjectLockRetainUntilDate"] == datetime(2026, 4, 13, 23, 30, tzinfo=UTC)
-    assert len(client.list_object_versions(Bucket="kushim-evidence-storage-locked")["Versions"]) == 1
+    listing = client.list_object_versions(Bucket="kushim-evidence-storage-locked", Prefix=KEY)
+    assert len(listing["Versions"]) == 1
 
 
 async def test_object_lock_setting_without_a_locked_bucket_refuses_to_start(
