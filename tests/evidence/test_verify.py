@@ -213,3 +213,42 @@ async def test_concurrent_writers_cannot_fork_the_chain(database_url: str, store
         assert (head.sequence, head.sha256) == (12, previous)
     finally:
         await other.close()
+
+
+async def test_late_evidence_after_an_incomplete_run_gets_a_supplementary_manifest(
+    e2e_settings: Callable[..., Settings], moto_endpoint: str
+) -> None:
+    s3 = create_bucket(moto_endpoint)
+    settings = e2e_settings(evidence_bucket=BUCKET)
+    request_id = new_request_id()
+    run_id = run_id_for(request_id)
+    plan = make_plan(
+        request_id,
+        [(ACCOUNT, Service.IAM), (ACCOUNT, Service.S3)],
+        deadline_at=datetime.now(UTC) + timedelta(seconds=1),
+    )
+    async with running_evidence(settings) as h:
+        await h.plan(plan)
+        found = [make_finding(run_id, ACCOUNT, "iam.user_mfa", "user/a", Status.PASS)]
+        await h.chunks(make_chunks(request_id, ACCOUNT, Service.IAM, found))
+        assert (await h.next_completion()).state is RunState.INCOMPLETE
+        first = json.loads(s3.get_object(Bucket=BUCKET, Key=_manifests(s3)[0])["Body"].read())
+        assert [o["service"] for o in first["objects"]] == ["iam"]
+        assert first["missing_services"] == ["s3"]
+        assert first["supplements"] is False
+
+        found = [make_finding(run_id, ACCOUNT, "s3.bucket_versioning", "bucket/b", Status.PASS)]
+        await h.chunks(make_chunks(request_id, ACCOUNT, Service.S3, found))
+        completed = await h.next_completion()
+        while completed.state is not RunState.COMPLETE:
+            completed = await h.next_completion()
+
+    keys = _manifests(s3)
+    assert keys == [f"manifests/{ACCOUNT}/{i:010d}-{run_id}.json" for i in (1, 2)]
+    second = json.loads(s3.get_object(Bucket=BUCKET, Key=keys[1])["Body"].read())
+    assert [o["service"] for o in second["objects"]] == ["s3"]
+    assert second["missing_services"] == []
+    assert second["supplements"] is True
+    result = await verify_evidence(settings)
+    assert result.ok, result.problems
+    assert (result.manifests, result.objects) == (2, 2)
