@@ -40,4 +40,4 @@ clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
 
 bench: $(VENV)/.installed-dev
-	$(BIN)/python -m tests.bench.bench_pipeline; status=$$?; $(BIN)/python -m tests.bench.bench_scale && exit $$status
+	$(BIN)/python -m tests.bench.bench_pipeline; status=$$?; $(BIN)/python -m tests.bench.bench_scale || status=$$?; $(BIN)/python -m tests.bench.bench_evidence || status=$$?; exit $$status

@@ -34,9 +34,6 @@ from tests.evidence.factory import (
     new_request_id,
 )
 from tests.evidence.harness import Harness, running_evidence
-from tests.evidence.test_service import e2e_settings
-
-__all__ = ["e2e_settings"]
 
 # Per run (oldest first): IAM user statuses and S3 bucket statuses; None = the service's results never arrive.
 RUNS: list[tuple[dict[str, Status], dict[str, Status] | None]] = [

@@ -68,7 +68,7 @@ async def test_older_empty_and_newer_schemas_are_refused(database_url: str) -> N
             assert await conn.run_sync(_diff) == []
         async with store.engine.begin() as conn:
             await conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
-        with pytest.raises(migrate.SchemaError, match="9999, which this Kushim does not know.*newer Kushim"):
+        with pytest.raises(migrate.SchemaError, match=r"9999, which this Kushim does not know.*newer Kushim"):
             await store.check_schema()
         with pytest.raises(migrate.SchemaError, match="written by a newer Kushim"):
             await store.migrate()

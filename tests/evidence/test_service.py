@@ -18,7 +18,6 @@ from services.evidence.store import EvidenceStore, PairKey, PairProgress
 from services.evidence.upload import WRITE_CHECK_KEY, EvidenceBucketError, S3Uploader, StoredObject
 from shared import subjects
 from shared.aws import AwsClients, TransientAwsError
-from shared.embedded import EmbeddedNats
 from shared.messages import (
     DeadLetter,
     FindingsReported,
@@ -50,22 +49,6 @@ def all_versions(s3: Any) -> list[tuple[str, str]]:
     """Every version of every evidence object and manifest (not the start-up write check's marker)."""
     listing = s3.list_object_versions(Bucket=BUCKET)
     return sorted((v["Key"], v["VersionId"]) for v in listing.get("Versions", []) if v["Key"] != WRITE_CHECK_KEY)
-
-
-@pytest.fixture
-def e2e_settings(
-    make_settings: Callable[..., Settings], nats_server: EmbeddedNats, moto_endpoint: str
-) -> Callable[..., Settings]:
-    def make(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {
-            "nats_url": nats_server.url,
-            "aws_endpoint_url": moto_endpoint,
-            "deadline_poll_seconds": 0.2,
-        }
-        values.update(overrides)
-        return make_settings(**values)
-
-    return make
 
 
 async def test_run_completes_with_evidence_in_s3_and_replay_changes_nothing(

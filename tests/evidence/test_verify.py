@@ -24,9 +24,7 @@ from shared.messages import RunState, Service, Status, run_id_for
 from shared.settings import Settings
 from tests.evidence.factory import ACCOUNT, REQUESTED_AT, make_chunks, make_finding, make_plan, new_request_id
 from tests.evidence.harness import running_evidence
-from tests.evidence.test_service import BUCKET, create_bucket, e2e_settings
-
-__all__ = ["e2e_settings"]  # the fixture, imported for this module
+from tests.evidence.test_service import BUCKET, create_bucket
 
 
 async def _three_runs(settings: Settings) -> list[str]:
