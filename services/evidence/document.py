@@ -13,7 +13,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict
 
@@ -45,6 +45,7 @@ class EvidenceBody(BaseModel):
     findings_total: int
     counts_by_status: dict[Status, int]
     findings: list[Finding]
+    """Filled in as JSON by `build_document` (the store's rows, already in Finding's JSON shape)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,11 +69,16 @@ def evidence_key(account_id: str, run_id: str, service: Service, requested_at: d
     return f"evidence/{account_id}/{day:%Y/%m/%d}/{run_id}/{service.value}.json"
 
 
+def finding_json(finding: Finding) -> dict[str, Any]:
+    """A finding in the document's JSON shape (what the store's `PairMaterial.findings` hold)."""
+    return finding.model_dump(mode="json")
+
+
 def build_document(material: PairMaterial) -> EvidenceDocument:
-    ordered = sorted(material.findings, key=lambda f: (f.check_id, f.resource_id, f.finding_id))
+    ordered = sorted(material.findings, key=lambda f: (f["check_id"], f["resource_id"], f["finding_id"]))
     counts = {status: 0 for status in Status}
     for finding in ordered:
-        counts[finding.status] += 1
+        counts[Status(finding["status"])] += 1
     body = EvidenceBody(
         run_id=material.run_id,
         request_id=material.request_id,
@@ -88,8 +94,10 @@ def build_document(material: PairMaterial) -> EvidenceDocument:
         regions=material.regions,
         findings_total=len(ordered),
         counts_by_status=counts,
-        findings=ordered,
+        findings=[],
     )
-    data = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":")).encode()
+    tree = body.model_dump(mode="json")
+    tree["findings"] = ordered
+    data = json.dumps(tree, sort_keys=True, separators=(",", ":")).encode()
     key = evidence_key(material.account_id, material.run_id, material.service, material.requested_at)
     return EvidenceDocument(key=key, body=data, sha256=hashlib.sha256(data).hexdigest(), dated=material.requested_at)

@@ -38,6 +38,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     and_,
+    bindparam,
     case,
     event,
     func,
@@ -295,7 +296,9 @@ class PairMaterial:
     regions: list[str]
     started_at: datetime
     finished_at: datetime
-    findings: list[Finding]
+    findings: list[dict[str, Any]]
+    """Each finding as JSON (the shape of `Finding.model_dump(mode="json")`), read without re-validation: a
+    document of 5,000 findings is built in a third of the time. A test holds the two shapes equal."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,6 +399,7 @@ class EvidenceStore:
         else:
             self._engine = create_async_engine(parsed, pool_pre_ping=True)
         self._reader = self._engine.execution_options(**{_READONLY: True})
+        self._statements = _ChunkStatements.build(self._insert)
 
     @property
     def engine(self) -> AsyncEngine:
@@ -461,64 +465,44 @@ class EvidenceStore:
         """Store one chunk in one transaction: its findings, its chunk row and the pair's summary (first wins)."""
         key = {"run_id": chunk.run_id, "account_id": chunk.account_id, "service": chunk.service.value}
         async with self._engine.begin() as conn:
-            stmt = self._insert(pairs).values(
-                **key,
-                planned=False,
-                sealed=False,
-                attempt=chunk.attempt,
-                chunk_count=chunk.chunk_count,
-                population=chunk.population,
-                metrics=chunk.metrics,
-                api_calls=chunk.api_calls,
-                regions=chunk.regions,
-                collector_version=chunk.collector_version,
-                started_at=chunk.started_at,
-                finished_at=chunk.finished_at,
-            )
-            stmt = stmt.on_conflict_do_update(
-                index_elements=list(PAIR_KEY),
-                set_={name: stmt.excluded[name] for name in _PAIR_METADATA},
-                # The first chunk sets the pair's summary; a later scan attempt (an earlier one failed part-way)
-                # replaces it until one attempt's set is complete (sealed): that set is the pair's evidence.
-                where=or_(
-                    pairs.c.chunk_count.is_(None),
-                    and_(pairs.c.sealed.is_(False), pairs.c.attempt < stmt.excluded.attempt),
-                ),
-            )
-            await conn.execute(stmt)
             await conn.execute(
-                self._insert(chunks)
-                .values(
+                self._statements.pair_upsert,
+                {
                     **key,
-                    attempt=chunk.attempt,
-                    chunk_index=chunk.chunk_index,
-                    chunk_count=chunk.chunk_count,
-                    finding_count=len(chunk.findings),
-                    stored_at=now,
-                )
-                .on_conflict_do_nothing(index_elements=[*PAIR_KEY, "attempt", "chunk_index"])
+                    "planned": False,
+                    "sealed": False,
+                    "attempt": chunk.attempt,
+                    "chunk_count": chunk.chunk_count,
+                    "population": chunk.population,
+                    "metrics": chunk.metrics,
+                    "api_calls": chunk.api_calls,
+                    "regions": chunk.regions,
+                    "collector_version": chunk.collector_version,
+                    "started_at": chunk.started_at,
+                    "finished_at": chunk.finished_at,
+                },
+            )
+            await conn.execute(
+                self._statements.chunk_insert,
+                {
+                    **key,
+                    "attempt": chunk.attempt,
+                    "chunk_index": chunk.chunk_index,
+                    "chunk_count": chunk.chunk_count,
+                    "finding_count": len(chunk.findings),
+                    "stored_at": now,
+                },
             )
             if chunk.findings:
-                await conn.execute(
-                    self._insert(findings).on_conflict_do_nothing(index_elements=["finding_id"]),
-                    [_finding_row(f) for f in chunk.findings],
-                )
+                await conn.execute(self._statements.findings_insert, [_finding_row(f) for f in chunk.findings])
             progress = await self._progress(conn, key)
             if progress.all_received:
                 await conn.execute(update(pairs).where(_pair_where(pairs, key)).values(sealed=True))
             return progress
 
     async def _progress(self, conn: AsyncConnection, key: Mapping[str, str]) -> PairProgress:
-        where = _pair_where(pairs, key)
-        pair = (
-            await conn.execute(select(pairs.c.attempt, pairs.c.chunk_count, pairs.c.evidence_done_at).where(where))
-        ).one()
-        received = await conn.scalar(
-            select(func.count())
-            .select_from(chunks)
-            .where(_pair_where(chunks, key), chunks.c.attempt == pair.attempt, chunks.c.chunk_index < pair.chunk_count)
-        )
-        return PairProgress(pair.chunk_count, int(received or 0), pair.evidence_done_at is not None)
+        pair = (await conn.execute(self._statements.progress, dict(key))).one()
+        return PairProgress(pair.chunk_count, int(pair.received or 0), pair.evidence_done_at is not None)
 
     async def save_evidence(
         self, pair: PairKey, *, key: str, body: bytes, sha256: str, location: str, version_id: str | None, now: datetime
@@ -921,7 +905,7 @@ class EvidenceStore:
                 .where(_pair_where(findings, ident))
                 .order_by(findings.c.check_id, findings.c.resource_id, findings.c.finding_id)
             )
-            found = [_finding(r._mapping) for r in rows]
+            found = [finding_json(r._mapping) for r in rows]
         return PairMaterial(
             run_id=pair.run_id,
             request_id=run.request_id,
@@ -1125,6 +1109,50 @@ class EvidenceStore:
         return bytes(body) if body is not None else None
 
 
+@dataclass(frozen=True, slots=True)
+class _ChunkStatements:
+    """The statements of `save_chunk`, built once per store (building them per chunk cost ~3 ms of ~20)."""
+
+    progress: Any
+    pair_upsert: Any
+    chunk_insert: Any
+    findings_insert: Any
+
+    @classmethod
+    def build(cls, insert: Callable[[Table], Any]) -> _ChunkStatements:
+        upsert = insert(pairs)
+        upsert = upsert.on_conflict_do_update(
+            index_elements=list(PAIR_KEY),
+            set_={name: upsert.excluded[name] for name in _PAIR_METADATA},
+            # The first chunk sets the pair's summary; a later scan attempt (an earlier one failed part-way)
+            # replaces it until one attempt's set is complete (sealed): that set is the pair's evidence.
+            where=or_(
+                pairs.c.chunk_count.is_(None),
+                and_(pairs.c.sealed.is_(False), pairs.c.attempt < upsert.excluded.attempt),
+            ),
+        )
+        # One round trip: the pair's row and the count of its current attempt's stored chunks.
+        received = (
+            select(func.count())
+            .select_from(chunks)
+            .where(
+                *(chunks.c[name] == pairs.c[name] for name in PAIR_KEY),
+                chunks.c.attempt == pairs.c.attempt,
+                chunks.c.chunk_index < pairs.c.chunk_count,
+            )
+            .scalar_subquery()
+        )
+        progress = select(pairs.c.chunk_count, pairs.c.evidence_done_at, received.label("received")).where(
+            *(pairs.c[name] == bindparam(name) for name in PAIR_KEY)
+        )
+        return cls(
+            progress=progress,
+            pair_upsert=upsert,
+            chunk_insert=insert(chunks).on_conflict_do_nothing(index_elements=[*PAIR_KEY, "attempt", "chunk_index"]),
+            findings_insert=insert(findings).on_conflict_do_nothing(index_elements=["finding_id"]),
+        )
+
+
 def _pair_where(table: Table, key: Mapping[str, str]) -> Any:
     return and_(*(table.c[name] == key[name] for name in PAIR_KEY))
 
@@ -1177,6 +1205,37 @@ def _manifest_record(row: Mapping[Any, Any]) -> ManifestRecord:
         location=row["location"],
         version_id=row["version_id"],
     )
+
+
+def json_time(value: datetime) -> str:
+    """A UTC datetime as pydantic writes it in JSON mode (`2026-03-14T23:31:01.5Z` style: 'Z', microseconds only
+    when non-zero)."""
+    text = value.astimezone(UTC).isoformat()
+    return text[:-6] + "Z" if text.endswith("+00:00") else text
+
+
+def finding_json(row: Mapping[Any, Any]) -> dict[str, Any]:
+    """A findings row as `Finding.model_dump(mode="json")` would give it (values were validated on the way in)."""
+    return {
+        "finding_id": row["finding_id"],
+        "run_id": row["run_id"],
+        "account_id": row["account_id"],
+        "region": row["region"],
+        "service": row["service"],
+        "control": row["control"],
+        "check_id": row["check_id"],
+        "resource_type": row["resource_type"],
+        "resource_arn": row["resource_arn"],
+        "resource_id": row["resource_id"],
+        "status": row["status"],
+        "severity": row["severity"],
+        "title": row["title"],
+        "summary": row["summary"],
+        "details": row["details"],
+        "remediation": row["remediation"],
+        "observed_at": json_time(row["observed_at"]),
+        "collector_version": row["collector_version"],
+    }
 
 
 def _finding(row: Mapping[Any, Any]) -> Finding:

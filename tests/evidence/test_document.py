@@ -7,7 +7,7 @@ import hashlib
 import json
 from datetime import UTC, datetime, timedelta, timezone
 
-from services.evidence.document import build_document, evidence_key
+from services.evidence.document import build_document, evidence_key, finding_json
 from services.evidence.store import PairMaterial
 from shared.messages import Service, Status, run_id_for
 from tests.evidence.factory import ACCOUNT, FINISHED_AT, REQUESTED_AT, STARTED_AT, make_finding
@@ -34,7 +34,7 @@ def material(**overrides: object) -> PairMaterial:
         regions=["us-east-1"],
         started_at=STARTED_AT,
         finished_at=FINISHED_AT,
-        findings=found,
+        findings=[finding_json(f) for f in found],
     )
     return dataclasses.replace(base, **overrides)  # type: ignore[arg-type]
 

@@ -317,3 +317,23 @@ async def test_a_complete_attempt_is_sealed_against_a_later_rescan(store: Eviden
     material = await store.pair_material(PairKey(run_id, ACCOUNT, Service.IAM))
     assert material is not None
     assert material.population == {"users": 2}
+
+
+async def test_pair_material_findings_are_exactly_the_models_json(store: EvidenceStore) -> None:
+    """The evidence document reads findings back without re-validating them: the rows must give exactly what
+    `Finding.model_dump(mode="json")` gives (times with and without microseconds, no ARN, nested details)."""
+    request_id = new_request_id()
+    run_id = run_id_for(request_id)
+    plain = make_finding(run_id, ACCOUNT, "iam.user_mfa", "user/plain", Status.PASS)
+    precise = make_finding(
+        run_id, ACCOUNT, "iam.user_mfa", "user/ünïcode", Status.FAIL, nested={"a": [1, 2.5, None, True]}, n=10**15
+    ).model_copy(update={"observed_at": datetime(2026, 3, 14, 23, 31, 1, 120000, tzinfo=UTC), "resource_arn": None})
+    found = [plain, precise]
+    await store.save_plan(make_plan(request_id, [(ACCOUNT, Service.IAM)]))
+    for chunk in make_chunks(request_id, ACCOUNT, Service.IAM, found):
+        await store.save_chunk(chunk, NOW)
+    material = await store.pair_material(PairKey(run_id, ACCOUNT, Service.IAM))
+    assert material is not None
+    by_id = {f["finding_id"]: f for f in material.findings}
+    assert by_id == {f.finding_id: f.model_dump(mode="json") for f in found}
+    assert by_id[precise.finding_id]["observed_at"] == "2026-03-14T23:31:01.120000Z"
