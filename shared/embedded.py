@@ -57,12 +57,20 @@ class EmbeddedNats:
                 self.process.wait(timeout)
 
 
-def start_nats(store_dir: Path, port: int | None = None, startup_timeout: float = 10.0) -> EmbeddedNats:
-    """Start nats-server with JetStream on 127.0.0.1 and wait until it accepts connections."""
+def start_nats(
+    store_dir: Path, port: int | None = None, startup_timeout: float = 10.0, *, config: Path | None = None
+) -> EmbeddedNats:
+    """Start nats-server with JetStream on 127.0.0.1 and wait until it accepts connections.
+
+    `config`: a configuration file (e.g. deploy/nats/nats-server.conf, users and permissions); the address, port,
+    store directory and monitoring port given here override its own."""
     store_dir.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     log_file = store_dir / "nats-server.log"
-    cmd = [str(nats_server_binary()), "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store_dir)]
+    cmd = [str(nats_server_binary())]
+    if config is not None:
+        cmd += ["-c", str(config), "-m", str(free_port())]
+    cmd += ["-a", "127.0.0.1", "-p", str(port), "-js", "-sd", str(store_dir)]
     cmd += ["-l", str(log_file)]
     process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # noqa: S603
     deadline = time.monotonic() + startup_timeout

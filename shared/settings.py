@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 from typing import Annotated, Literal
 
 from croniter import croniter
@@ -23,6 +24,9 @@ REGION_PATTERN = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]")
 
 def _default_home() -> Path:
     return Path.home() / ".kushim"
+
+
+LOOPBACK_HOSTS = frozenset({"localhost", "::1"})
 
 
 class Settings(BaseSettings):
@@ -41,8 +45,9 @@ class Settings(BaseSettings):
     # --- messaging ------------------------------------------------------------------------
     nats_url: str | None = Field(
         None,
-        description="NATS server URL (nats://host:port). Unset: `kushim up`/`demo` start an embedded nats-server "
-        "on a free loopback port; `kushim serve` requires it.",
+        description="NATS server URL (nats://host:port; comma-separated for a cluster). Unset: `kushim up`/`demo` "
+        "start an embedded nats-server on a free loopback port; `kushim serve` requires it. Off loopback it must carry "
+        "credentials (nats://<user>:<password>@host:4222, users of deploy/nats/nats-server.conf).",
     )
     home: Path = Field(
         default_factory=_default_home,
@@ -136,6 +141,25 @@ class Settings(BaseSettings):
         description="AWS_S3_BUCKET_NAME: evidence bucket (kushim-evidence-storage-*); unset: evidence stays in the "
         "database.",
     )
+
+    @field_validator("nats_url")
+    @classmethod
+    def _credentials_off_loopback(cls, value: str | None) -> str | None:
+        """Only a broker on this machine may be used without credentials (the embedded default)."""
+        if value is None:
+            return value
+        for server in (part.strip() for part in value.split(",") if part.strip()):
+            parts = urlsplit(server if "://" in server else f"nats://{server}")
+            host = parts.hostname or ""
+            if host in LOOPBACK_HOSTS or host.startswith("127."):
+                continue
+            if not (parts.username or parts.password):
+                raise ValueError(
+                    f"the broker {host} is not on this machine and the URL carries no credentials: use "
+                    "nats://<user>:<password>@host:4222 with a user of deploy/nats/nats-server.conf (only a loopback "
+                    "broker may run without authentication)"
+                )
+        return value
 
     @field_validator("schedule")
     @classmethod
