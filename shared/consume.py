@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -32,7 +33,7 @@ from pydantic import BaseModel, ValidationError
 
 from shared import subjects
 from shared.aws import TransientAwsError
-from shared.log import redact_value
+from shared.log import redact_text, redact_value
 from shared.messages import DeadLetter
 from shared.nats import ConsumerSpec, publish_durable
 from shared.settings import Settings
@@ -110,11 +111,39 @@ _OUTAGE_TYPES: tuple[type[BaseException], ...] = (
     BotoCoreError,  # endpoint unreachable, read timeout, ...
     TransientAwsError,
     NatsError,
-    sqlalchemy.exc.OperationalError,  # database unreachable, "database is locked"
     sqlalchemy.exc.InterfaceError,
     sqlalchemy.exc.DisconnectionError,
     sqlalchemy.exc.TimeoutError,  # connection pool exhausted
 )
+
+# PostgreSQL SQLSTATEs (classes and codes) that mean "the database is unavailable or busy", not "this data is bad":
+# connection exceptions, insufficient resources (too many connections, disk full), operator intervention (admin
+# shutdown, crash shutdown, cannot connect now, statement timeout / cancel), system errors, serialization failures,
+# deadlocks, lock not available, and a read-only transaction (a failover left the pool on the old primary).
+_PG_OUTAGE_CLASSES = ("08", "53", "57", "58")
+_PG_OUTAGE_CODES = frozenset({"40001", "40P01", "55P03", "25006"})
+# SQLite: locks and I/O are outages; other "operational" errors (no such table or column, syntax) are not.
+_SQLITE_OUTAGE_WORDS = ("locked", "busy", "unable to open", "disk i/o", "disk is full", "readonly database")
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    for candidate in (getattr(exc, "orig", None), exc.__cause__, exc):
+        code = getattr(candidate, "sqlstate", None) or getattr(candidate, "pgcode", None)
+        if isinstance(code, str) and code:
+            return code
+    return None
+
+
+def _database_outage(exc: sqlalchemy.exc.DBAPIError) -> bool:
+    if exc.connection_invalidated:
+        return True
+    state = _sqlstate(exc)
+    if state is not None:
+        return state[:2] in _PG_OUTAGE_CLASSES or state in _PG_OUTAGE_CODES
+    if isinstance(exc.orig, sqlite3.Error):
+        text = str(exc.orig).lower()
+        return any(word in text for word in _SQLITE_OUTAGE_WORDS)
+    return isinstance(exc, sqlalchemy.exc.OperationalError)  # e.g. the server unreachable, no SQLSTATE
 
 
 def is_outage(exc: BaseException) -> bool:
@@ -124,9 +153,9 @@ def is_outage(exc: BaseException) -> bool:
     current: BaseException | None = exc
     while current is not None and id(current) not in seen:
         seen.add(id(current))
+        if isinstance(current, sqlalchemy.exc.DBAPIError):
+            return _database_outage(current)
         if isinstance(current, _OUTAGE_TYPES):
-            return True
-        if isinstance(current, sqlalchemy.exc.DBAPIError) and current.connection_invalidated:
             return True
         if isinstance(current, ClientError):
             status = int(current.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
@@ -135,6 +164,24 @@ def is_outage(exc: BaseException) -> bool:
                 return True
         current = current.__cause__
     return False
+
+
+MAX_REASON_CHARS = 500
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A failure as a short, redacted line for logs and dead letters. Database errors lose the SQL and the bound
+    parameters SQLAlchemy appends (message values, kept 90 days in a dead letter); SQLSTATE is kept."""
+    text = str(exc)
+    if isinstance(exc, sqlalchemy.exc.StatementError):
+        text = str(exc.orig) if exc.orig is not None else text.split("\n[SQL:", 1)[0]
+        state = _sqlstate(exc)
+        if state:
+            text = f"SQLSTATE {state}: {text}"
+    text = " ".join(redact_text(text).split())
+    if len(text) > MAX_REASON_CHARS:
+        text = text[: MAX_REASON_CHARS - 1] + "…"
+    return f"{type(exc).__name__}: {text}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,7 +335,7 @@ class Consumer(Generic[M]):
             persistent = delivery.num_delivered >= self._settings.max_deliver
             (log.error if persistent else log.warning)(
                 "message_failed_will_retry",
-                error=f"{type(exc).__name__}: {exc}",
+                error=describe_failure(exc),
                 delivery=delivery.num_delivered,
                 max_deliver=self._settings.max_deliver,
                 retry_in=delay,
@@ -297,7 +344,7 @@ class Consumer(Generic[M]):
             return
         log.error(
             "message_failed_finally",
-            error=f"{type(exc).__name__}: {exc}",
+            error=describe_failure(exc),
             delivery=delivery.num_delivered,
             exc_info=exc,
         )
@@ -310,4 +357,6 @@ class Consumer(Generic[M]):
         if recorded:
             await msg.ack()
             return
-        await self._reject(msg, delivery, body, f"failed after {delivery.num_delivered} deliveries: {exc}")
+        await self._reject(
+            msg, delivery, body, f"failed after {delivery.num_delivered} deliveries: {describe_failure(exc)}"
+        )

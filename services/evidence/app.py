@@ -14,6 +14,7 @@ commits first and reads the other's data after, so one of them always sees both)
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 
@@ -30,7 +31,7 @@ from services.evidence.store import EvidenceStore, PairKey
 from services.evidence.upload import EvidenceConflict, S3Uploader, Uploader
 from shared import subjects
 from shared.aws import AwsClients
-from shared.consume import Consumer, Delivery, Rejected
+from shared.consume import Consumer, Delivery, Rejected, describe_failure
 from shared.controls import gating_table
 from shared.messages import DeadLetter, FindingsReported, RunPlanned
 from shared.nats import (
@@ -123,6 +124,9 @@ class EvidenceService:
                 raise Rejected(f"finding {finding.finding_id} does not belong to this chunk's run, account and service")
         if chunk.chunk_index >= chunk.chunk_count:
             raise Rejected(f"chunk_index {chunk.chunk_index} is not below chunk_count {chunk.chunk_count}")
+        for finding in chunk.findings:
+            if not _finite(finding.details):
+                raise Rejected(f"finding {finding.finding_id} has a NaN or infinite number in its details (not JSON)")
         progress = await self.store.save_chunk(chunk, datetime.now(UTC))
         log.info(
             "chunk_stored",
@@ -271,12 +275,17 @@ class EvidenceService:
                 await self.settle(run_id, deadline_passed=True)
             except Exception as exc:
                 log.error("deadline_settle_failed", run_id=run_id, error=f"{type(exc).__name__}: {exc}")
+        unsealed: list[str | None]
         try:
-            for run_id in await self.store.runs_without_manifests():
-                await self.seal_manifests(run_id)
-            await self.seal_manifests(None)
+            unsealed = [*await self.store.runs_without_manifests()]  # oldest first: chains follow time
         except Exception as exc:
-            log.error("manifest_seal_failed", error=f"{type(exc).__name__}: {exc}")
+            log.error("manifest_seal_failed", error=describe_failure(exc))
+            unsealed = []
+        for sealing in [*unsealed, None]:  # None: every manifest still waiting for its upload
+            try:
+                await self.seal_manifests(sealing)
+            except Exception as exc:  # one run's failure must not hold up the others
+                log.error("manifest_seal_failed", run_id=sealing, error=describe_failure(exc))
         for run_id in await self.store.unpublished_runs():
             try:
                 await self.publish_completion(run_id)
@@ -287,6 +296,17 @@ class EvidenceService:
         while True:
             await self.sweep()
             await asyncio.sleep(self.settings.deadline_poll_seconds)
+
+
+def _finite(value: object) -> bool:
+    """JSON has no NaN or Infinity: evidence documents must stay valid JSON."""
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    return True
 
 
 def create_evidence(

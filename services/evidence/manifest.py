@@ -86,9 +86,10 @@ def parse_manifest(data: bytes) -> ManifestBody:
     return ManifestBody.model_validate_json(data)
 
 
-def dated_retention(dated: datetime, days: int) -> datetime:
-    """Object Lock retain-until date: `days` after the run's requested_at (never the wall clock)."""
-    return dated.astimezone(UTC) + timedelta(days=days)
+def dated_retention(dated: datetime, days: int, now: datetime) -> datetime:
+    """Object Lock retain-until date: `days` after the run's requested_at, so that a replay asks for the same date;
+    at least a day ahead of `now` (S3 refuses a date in the past: late evidence of an old run, an adopted history)."""
+    return max(dated.astimezone(UTC) + timedelta(days=days), now + timedelta(days=1))
 
 
 def manifest_parts(draft: ManifestDraft) -> tuple[str, bytes, str]:

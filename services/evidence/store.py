@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import structlog
 from sqlalchemy import (
@@ -543,8 +543,20 @@ class EvidenceStore:
         """COMPLETE when every planned pair has its evidence; INCOMPLETE when the deadline passed first; an
         INCOMPLETE run whose missing results arrive later (after an outage or a backlog) becomes COMPLETE.
 
-        Returns the new state, or None when the run is unknown, already final, or still waiting.
+        Returns the new state, or None when the run is unknown, already final, or still waiting. When another
+        writer changed the state in between (the deadline sweep made it INCOMPLETE while this handler completed its
+        last pair), the evaluation runs again on the new state, so that an INCOMPLETE run with nothing missing any
+        more becomes COMPLETE at once.
         """
+        for _ in range(3):
+            outcome = await self._finalize_once(run_id, now, deadline_passed=deadline_passed, gating=gating)
+            if outcome != "raced":
+                return outcome
+        return None
+
+    async def _finalize_once(
+        self, run_id: str, now: datetime, *, deadline_passed: bool, gating: Mapping[str, bool]
+    ) -> RunState | Literal["raced"] | None:
         async with self._engine.begin() as conn:
             state = await conn.scalar(select(runs.c.state).where(runs.c.run_id == run_id))
             if state not in (RunState.RUNNING.value, RunState.INCOMPLETE.value):
@@ -584,7 +596,7 @@ class EvidenceStore:
                     completion_published=False,
                 )
             )
-            return new_state if result.rowcount == 1 else None
+            return new_state if result.rowcount == 1 else "raced"
 
     @staticmethod
     async def _status_counts(conn: AsyncConnection, run_id: str) -> list[StatusCount]:
@@ -856,10 +868,11 @@ class EvidenceStore:
                 pairs.c.evidence_done_at.is_not(None),
                 pairs.c.manifest_sequence.is_(None),
             )
-            .distinct()
+            .group_by(pairs.c.run_id, runs.c.requested_at)
+            .order_by(runs.c.requested_at, pairs.c.run_id)
         )
         async with self._reader.connect() as conn:
-            return sorted(str(r) for r in (await conn.scalars(query)).all())
+            return [str(r) for r in (await conn.scalars(query)).all()]
 
     async def unlisted_evidence_keys(self) -> set[str]:
         """Evidence keys recorded but not yet in any manifest (their run is still open)."""

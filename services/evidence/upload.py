@@ -11,6 +11,7 @@ import base64
 import contextlib
 import hashlib
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
 import structlog
@@ -125,7 +126,8 @@ class S3Uploader:
             elif code in ("403", "AccessDenied", "Forbidden") or status == 403:
                 reason = (
                     f"access to evidence bucket {name!r} (AWS_S3_BUCKET_NAME) is denied: grant s3:ListBucket on "
-                    f"arn:aws:s3:::{name} and s3:PutObject, s3:GetObject on arn:aws:s3:::{name}/evidence/*"
+                    f"arn:aws:s3:::{name} and s3:PutObject, s3:GetObject on arn:aws:s3:::{name}/* (evidence/, "
+                    "manifests/ and the kushim/write-check marker); `kushim policy` prints the statement"
                 )
             elif code in ("301", "PermanentRedirect") or status == 301:
                 reason = (
@@ -207,7 +209,7 @@ class S3Uploader:
         params.update(self._encryption())
         if self._lock_mode is not None and document.dated is not None:
             params["ObjectLockMode"] = self._lock_mode
-            params["ObjectLockRetainUntilDate"] = dated_retention(document.dated, self._lock_days)
+            params["ObjectLockRetainUntilDate"] = dated_retention(document.dated, self._lock_days, datetime.now(UTC))
         try:
             response = await self._s3().put_object(**params)
         except ClientError as exc:

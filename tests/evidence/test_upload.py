@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from collections.abc import AsyncIterator, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -18,6 +18,7 @@ from tests.conftest import boto3_client
 
 BUCKET = "kushim-evidence-storage-test"
 KEY = "evidence/123456789012/2026/03/14/run-0/iam.json"
+OLD_KEY = "evidence/123456789012/2020/03/14/run-1/iam.json"
 
 
 def document(body: bytes, key: str = KEY) -> EvidenceDocument:
@@ -115,16 +116,24 @@ async def test_object_lock_retention_is_dated_from_the_run(
     await up.start()
     try:
         body = b'{"locked":true}'
-        dated = datetime(2026, 3, 14, 23, 30, tzinfo=UTC)
+        dated = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
         doc = EvidenceDocument(key=KEY, body=body, sha256=hashlib.sha256(body).hexdigest(), dated=dated)
         await up.put(doc)
         assert (await up.put(doc)).replay
+        # A run older than the retention (late evidence, an adopted history): S3 refuses a past date, so at least
+        # a day from now.
+        old = EvidenceDocument(
+            key=OLD_KEY, body=body, sha256=hashlib.sha256(body).hexdigest(), dated=dated.replace(year=2020)
+        )
+        await up.put(old)
     finally:
         await up.stop()
     # moto answers GetObjectRetention with HTTP 500 here; HeadObject reports the same retention.
     head = client.head_object(Bucket="kushim-evidence-storage-locked", Key=KEY)
     assert head["ObjectLockMode"] == "COMPLIANCE"
-    assert head["ObjectLockRetainUntilDate"] == datetime(2026, 4, 13, 23, 30, tzinfo=UTC)
+    assert head["ObjectLockRetainUntilDate"] == dated + timedelta(days=30)
+    old_head = client.head_object(Bucket="kushim-evidence-storage-locked", Key=OLD_KEY)
+    assert old_head["ObjectLockRetainUntilDate"] > datetime.now(UTC) + timedelta(hours=23)
     listing = client.list_object_versions(Bucket="kushim-evidence-storage-locked", Prefix=KEY)
     assert len(listing["Versions"]) == 1
 
