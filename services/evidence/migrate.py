@@ -18,7 +18,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import inspect
+from sqlalchemy import create_engine, inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -26,6 +26,8 @@ log = structlog.get_logger(__name__)
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 BASELINE = "0001"
+VERSION_TABLE = "kushim_alembic_version"
+"""Kushim's own version table: a database shared with another Alembic application keeps both apart."""
 _BASELINE_TABLE = "evidence_runs"
 
 
@@ -65,9 +67,50 @@ def known(revision: str) -> bool:
 
 
 def _state(conn: Connection) -> SchemaState:
-    current = MigrationContext.configure(conn).get_current_revision()
+    current = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE}).get_current_revision()
     legacy = current is None and inspect(conn).has_table(_BASELINE_TABLE)
     return SchemaState(current=current, head=head(), legacy=legacy)
+
+
+def _adopted_revision(conn: Connection) -> str:
+    """The revision a database without Kushim's version table is at: what an earlier Kushim wrote into Alembic's
+    default table, else 0001 (the schema before migrations), once its tables are checked to be exactly 0001's."""
+    if inspect(conn).has_table("alembic_version"):
+        found = MigrationContext.configure(conn).get_current_revision()
+        if found is not None and known(found):
+            return found
+    missing = _differences_from_baseline(conn)
+    if missing:
+        raise SchemaError(
+            "the evidence database has Kushim tables that do not match any released schema ("
+            + "; ".join(missing[:5])
+            + "): it was written by a development build; move it aside and run `kushim db upgrade` on an empty one"
+        )
+    return BASELINE
+
+
+def _differences_from_baseline(conn: Connection) -> list[str]:
+    """Tables or columns of revision 0001 that the live database lacks (revision 0001 applied to an in-memory SQLite
+    database gives the expected shape)."""
+    reference = create_engine("sqlite://")
+    with reference.begin() as ref:
+        config = _config()
+        config.attributes["connection"] = ref
+        command.upgrade(config, BASELINE)
+        expected = {t: {c["name"] for c in inspect(ref).get_columns(t)} for t in inspect(ref).get_table_names()}
+    reference.dispose()
+    live = inspect(conn)
+    problems = []
+    for table, columns in sorted(expected.items()):
+        if table == VERSION_TABLE:
+            continue
+        if not live.has_table(table):
+            problems.append(f"no table {table}")
+            continue
+        lacking = columns - {c["name"] for c in live.get_columns(table)}
+        if lacking:
+            problems.append(f"{table} lacks {', '.join(sorted(lacking))}")
+    return problems
 
 
 def _upgrade(conn: Connection) -> SchemaState:
@@ -77,7 +120,7 @@ def _upgrade(conn: Connection) -> SchemaState:
     if before.current is not None and not known(before.current):
         raise SchemaError(_newer(before))
     if before.legacy:
-        command.stamp(config, BASELINE)
+        command.stamp(config, _adopted_revision(conn))
     command.upgrade(config, "head")
     return before
 

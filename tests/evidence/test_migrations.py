@@ -21,7 +21,8 @@ from shared.settings import Settings
 
 
 def _diff(conn: Connection) -> list[object]:
-    ctx = MigrationContext.configure(conn, opts={"compare_type": True, "render_as_batch": True})
+    opts = {"compare_type": True, "render_as_batch": True, "version_table": migrate.VERSION_TABLE}
+    ctx = MigrationContext.configure(conn, opts=opts)
     return list(compare_metadata(ctx, metadata))
 
 
@@ -67,7 +68,7 @@ async def test_older_empty_and_newer_schemas_are_refused(database_url: str) -> N
         async with store.engine.connect() as conn:
             assert await conn.run_sync(_diff) == []
         async with store.engine.begin() as conn:
-            await conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+            await conn.execute(text("UPDATE kushim_alembic_version SET version_num = '9999'"))
         with pytest.raises(migrate.SchemaError, match=r"9999, which this Kushim does not know.*newer Kushim"):
             await store.check_schema()
         with pytest.raises(migrate.SchemaError, match="written by a newer Kushim"):
@@ -84,7 +85,7 @@ async def test_database_from_before_migrations_is_adopted(database_url: str) -> 
     try:
         async with store.engine.begin() as conn:
             await conn.run_sync(_to("0001"))
-            await conn.execute(text("DROP TABLE alembic_version"))
+            await conn.execute(text("DROP TABLE kushim_alembic_version"))
         with pytest.raises(migrate.SchemaError, match="created before migrations existed"):
             await store.check_schema()
         await store.migrate()
@@ -104,3 +105,62 @@ async def test_service_refuses_an_unmigrated_database(
     with pytest.raises(migrate.SchemaError, match="run `kushim db upgrade`"):
         await app.start()
     await app.stop()
+
+
+async def _sql(store: EvidenceStore, *statements: str) -> None:
+    async with store.engine.begin() as conn:
+        for statement in statements:
+            await conn.execute(text(statement))
+
+
+async def test_another_applications_alembic_version_is_left_alone(database_url: str) -> None:
+    """A database shared with another Alembic application: its `alembic_version` says nothing about Kushim."""
+    store = EvidenceStore(database_url)
+    if store.dialect == "sqlite":
+        Path(str(make_url(database_url).database)).parent.mkdir(parents=True)
+    try:
+        await _sql(
+            store,
+            "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)",
+            "INSERT INTO alembic_version VALUES ('0002')",
+        )
+        with pytest.raises(migrate.SchemaError, match="has no Kushim schema"):
+            await store.check_schema()
+        await store.migrate()
+        await store.check_schema()
+        async with store.engine.connect() as conn:
+            assert (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar_one() == "0002"
+    finally:
+        await store.close()
+
+
+async def test_a_database_of_an_earlier_kushim_with_alembic_default_table_is_adopted(database_url: str) -> None:
+    store = EvidenceStore(database_url)
+    if store.dialect == "sqlite":
+        Path(str(make_url(database_url).database)).parent.mkdir(parents=True)
+    try:
+        await store.migrate()
+        await _sql(
+            store,
+            "DROP TABLE kushim_alembic_version",
+            "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)",
+            "INSERT INTO alembic_version VALUES ('0002')",
+        )
+        await store.migrate()  # adopted at 0002: nothing to apply, nothing fails on existing tables
+        await store.check_schema()
+    finally:
+        await store.close()
+
+
+async def test_a_development_schema_is_refused_not_adopted(database_url: str) -> None:
+    store = EvidenceStore(database_url)
+    if store.dialect == "sqlite":
+        Path(str(make_url(database_url).database)).parent.mkdir(parents=True)
+    try:
+        async with store.engine.begin() as conn:
+            await conn.run_sync(_to("0001"))
+        await _sql(store, "DROP TABLE kushim_alembic_version", "DROP TABLE evidence_chunks")
+        with pytest.raises(migrate.SchemaError, match=r"no table evidence_chunks.*development build"):
+            await store.migrate()
+    finally:
+        await store.close()
