@@ -54,7 +54,12 @@ def runs(
     output: Annotated[Output, typer.Option("--output", "-o", help="table or json.")] = Output.table,
 ) -> None:
     """List runs, newest first: state, control verdicts and findings counts."""
-    page: RunsPage = _ask(lambda c: c.runs(RunsRequest(account_id=account, limit=limit)))
+    try:
+        request = RunsRequest(account_id=account, limit=limit)
+    except ValueError:
+        err.print(f"[red]--account {account!r} is not a 12-digit AWS account id[/red]")
+        raise typer.Exit(render.EXIT_USAGE) from None
+    page: RunsPage = _ask(lambda c: c.runs(request))
     if output is Output.json:
         out.print_json(page.model_dump_json())
         return

@@ -845,14 +845,17 @@ class EvidenceStore:
             rows = (await conn.execute(select(chain_heads))).all()
         return {r.account_id: ChainHead(r.account_id, int(r.sequence), r.sha256, r.key) for r in rows}
 
-    async def stored_objects(self, account_id: str | None = None) -> dict[str, bytes]:
-        """Evidence documents and manifests kept in the database, by key (verification without a bucket)."""
+    async def stored_objects(self, account_id: str | None = None, location: str | None = None) -> dict[str, bytes]:
+        """Evidence documents and manifests kept in the database, by key (verification without a bucket);
+        `location="database"`: only those that never went to a bucket."""
         result: dict[str, bytes] = {}
         async with self._reader.connect() as conn:
             for table in (documents, manifests):
                 query = select(table.c.key, table.c.body)
                 if account_id is not None:
                     query = query.where(table.c.account_id == account_id)
+                if location is not None:
+                    query = query.where(table.c.location == location)
                 for row in await conn.execute(query):
                     result[row.key] = bytes(row.body)
         return result
@@ -874,10 +877,17 @@ class EvidenceStore:
         async with self._reader.connect() as conn:
             return [str(r) for r in (await conn.scalars(query)).all()]
 
+    async def open_run_ids(self) -> set[str]:
+        """Runs not final yet (their evidence is not in a manifest until they are)."""
+        query = select(runs.c.run_id).where(runs.c.state.not_in(_FINAL_STATES))
+        async with self._reader.connect() as conn:
+            return {str(r) for r in (await conn.scalars(query)).all()}
+
     async def unlisted_evidence_keys(self) -> set[str]:
-        """Evidence keys recorded but not yet in any manifest (their run is still open)."""
+        """Evidence keys of planned pairs not yet in any manifest (the run is open, or about to be sealed). Evidence of
+        a pair no plan listed is never sealed, so verification reports it."""
         query = select(pairs.c.evidence_key).where(
-            pairs.c.evidence_key.is_not(None), pairs.c.manifest_sequence.is_(None)
+            pairs.c.evidence_key.is_not(None), pairs.c.manifest_sequence.is_(None), pairs.c.planned.is_(True)
         )
         async with self._reader.connect() as conn:
             return {str(k) for k in (await conn.scalars(query)).all()}

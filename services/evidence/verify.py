@@ -16,6 +16,7 @@ and the `added` search to runs requested on or after that time; the chain itself
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -83,11 +84,19 @@ class Source(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Ledger:
-    """What the database says: chain heads, manifests by key, and evidence keys of runs not yet sealed."""
+    """What the database says: chain heads, manifests by key, evidence keys not yet in a manifest, runs still
+    open, and the objects kept only in the database (written while no bucket was configured)."""
 
     heads: dict[str, ChainHead]
     manifests: dict[str, ManifestRecord]
     unsealed: set[str]
+    open_runs: set[str] = field(default_factory=set)
+    database_objects: dict[str, bytes] = field(default_factory=dict)
+
+    def pending(self, key: str) -> bool:
+        """A manifest committed (the chain advanced) whose upload has not happened yet (an S3 outage)."""
+        record = self.manifests.get(key)
+        return record is not None and record.location is None
 
 
 def _sha(data: bytes) -> str:
@@ -103,11 +112,15 @@ def _day(key: str, account_id: str) -> datetime | None:
         return None
 
 
+_ACCOUNT = re.compile(r"^[0-9]{12}$")
+_TOP_PREFIXES = ("manifests/", "evidence/")
+
+
 async def accounts_in(source: Source, ledger: Ledger | None) -> list[str]:
-    found = {key.split("/")[1] for prefix in ("manifests/", "evidence/") for key in await source.keys(prefix)}
+    found = {key.split("/")[1] for prefix in _TOP_PREFIXES for key in await source.keys(prefix)}
     if ledger is not None:
         found |= set(ledger.heads)
-    return sorted(a for a in found if a)
+    return sorted(a for a in found if _ACCOUNT.fullmatch(a))
 
 
 async def verify(
@@ -120,7 +133,19 @@ async def verify(
     result = Verification(source=source.description, accounts=list(accounts))
     for account_id in accounts:
         await _verify_account(source, account_id, ledger, since, result)
+    # Objects outside any account's prefix were not written by Kushim: `evidence/x.json`, `manifests//y`.
+    for prefix in _TOP_PREFIXES:
+        for key in await source.keys(prefix):
+            parts = key.split("/")
+            if len(parts) < 3 or not _ACCOUNT.fullmatch(parts[1]):
+                result.problems.append(Problem(ProblemKind.added, "-", key, "object outside any account's prefix"))
     return result
+
+
+def _run_of(key: str) -> str | None:
+    """The run id in `evidence/<account>/<yyyy>/<mm>/<dd>/<run_id>/<service>.json`."""
+    parts = key.split("/")
+    return parts[5] if len(parts) == 7 else None
 
 
 async def _verify_account(
@@ -171,10 +196,15 @@ async def _verify_account(
     if ledger is not None:
         present = set(keys)
         for key, record in sorted(ledger.manifests.items()):
-            if record.account_id == account_id and key not in present:
-                problem(ProblemKind.missing, key, f"manifest {record.sequence} of run {record.run_id} is gone")
+            if record.account_id != account_id or key in present:
+                continue
+            if ledger.pending(key):  # committed, upload still to come: its objects are accounted for
+                listed.update(o.key for o in parse_manifest(record.body).objects)
+                continue
+            problem(ProblemKind.missing, key, f"manifest {record.sequence} of run {record.run_id} is gone")
         head = ledger.heads.get(account_id)
-        if head is not None and head.sequence > 0 and head.sha256 != previous_sha:
+        head_pending = head is not None and head.key is not None and ledger.pending(head.key)
+        if head is not None and head.sequence > 0 and not head_pending and head.sha256 != previous_sha:
             problem(
                 ProblemKind.chain_break,
                 head.key or manifest_prefix(account_id),
@@ -183,9 +213,10 @@ async def _verify_account(
             )
 
     unsealed = ledger.unsealed if ledger is not None else set()
+    open_runs = ledger.open_runs if ledger is not None else set()
     for key in await source.keys(evidence_prefix(account_id)):
-        if key in listed or key in unsealed:
-            continue
+        if key in listed or key in unsealed or _run_of(key) in open_runs:
+            continue  # listed, or of a run still open (its manifest comes when the run is final)
         day = _day(key, account_id)
         if since is not None and day is not None and day < since.replace(hour=0, minute=0, second=0, microsecond=0):
             continue
@@ -241,6 +272,28 @@ class S3Source:
             return bytes(await stream.read())
 
 
+class LayeredSource:
+    """The bucket, plus the objects written while no bucket was configured (kept only in the database)."""
+
+    def __init__(self, bucket: Source, database_objects: dict[str, bytes]) -> None:
+        self._bucket = bucket
+        self._database = database_objects
+
+    @property
+    def description(self) -> str:
+        extra = f" (+{len(self._database)} object(s) kept in the database)" if self._database else ""
+        return self._bucket.description + extra
+
+    async def keys(self, prefix: str) -> list[str]:
+        local = {k for k in self._database if k.startswith(prefix)}
+        return sorted(set(await self._bucket.keys(prefix)) | local)
+
+    async def read(self, key: str) -> bytes | None:
+        if key in self._database:
+            return self._database[key]
+        return await self._bucket.read(key)
+
+
 class DatabaseSource:
     """The database's own copies (evidence kept without a bucket)."""
 
@@ -265,6 +318,8 @@ async def load_ledger(store: EvidenceStore) -> Ledger:
         heads=await store.chain_heads(),
         manifests={r.key: r for r in records},
         unsealed=await store.unlisted_evidence_keys(),
+        open_runs=await store.open_run_ids(),
+        database_objects=await store.stored_objects(location="database"),
     )
 
 
@@ -283,7 +338,7 @@ async def verify_evidence(
         ledger = await load_ledger(store)
         if settings.evidence_bucket:
             async with (aws or AwsClients(settings)).client("s3") as client:
-                source: Source = S3Source(client, settings.evidence_bucket)
+                source: Source = LayeredSource(S3Source(client, settings.evidence_bucket), ledger.database_objects)
                 accounts = [account_id] if account_id else await accounts_in(source, ledger)
                 return await verify(source, accounts=accounts, ledger=ledger, since=since)
         source = DatabaseSource(await store.stored_objects(), safe_database_url(settings.effective_database_url))

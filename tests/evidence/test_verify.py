@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from services.cli.main import app as cli
 from services.evidence.manifest import GENESIS_SHA256, manifest_parts
-from services.evidence.store import EvidenceStore, PairKey, documents
+from services.evidence.store import EvidenceStore, PairKey, documents, manifests, runs
 from services.evidence.verify import ProblemKind, Verification, verify_evidence
 from shared.messages import RunState, Service, Status, run_id_for
 from shared.settings import Settings
@@ -250,3 +250,56 @@ async def test_late_evidence_after_an_incomplete_run_gets_a_supplementary_manife
     result = await verify_evidence(settings)
     assert result.ok, result.problems
     assert (result.manifests, result.objects) == (2, 2)
+
+
+async def test_verify_sees_foreign_prefixes_and_tolerates_open_runs_and_pending_manifests(
+    e2e_settings: Callable[..., Settings], moto_endpoint: str
+) -> None:
+    s3 = create_bucket(moto_endpoint)
+    settings = e2e_settings(evidence_bucket=BUCKET)
+    run_ids = await _three_runs(settings)
+    for key in ("evidence/forged.json", "manifests/forged.json", "evidence//x/y.json"):
+        s3.put_object(Bucket=BUCKET, Key=key, Body=b"{}")
+    result = await verify_evidence(settings)
+    assert _problems(result) == {
+        (ProblemKind.added, "evidence/forged.json"),
+        (ProblemKind.added, "manifests/forged.json"),
+        (ProblemKind.added, "evidence//x/y.json"),
+    }
+    for key in ("evidence/forged.json", "manifests/forged.json", "evidence//x/y.json"):
+        s3.delete_object(Bucket=BUCKET, Key=key)
+
+    # A manifest committed in the database but not uploaded yet (an S3 outage): pending, not tampering.
+    last = _manifests(s3)[-1]
+    body = s3.get_object(Bucket=BUCKET, Key=last)["Body"].read()
+    s3.delete_object(Bucket=BUCKET, Key=last)
+    store = EvidenceStore(settings.effective_database_url)
+    try:
+        async with store.engine.begin() as conn:
+            await conn.execute(
+                update(manifests)
+                .where(manifests.c.key == last)
+                .values(location=None, version_id=None, uploaded_at=None)
+            )
+        assert (await verify_evidence(settings)).ok
+        s3.put_object(Bucket=BUCKET, Key=last, Body=body)
+        # An object of a run that is still open (its evidence uploaded, its manifest to come): not "added".
+        async with store.engine.begin() as conn:
+            await conn.execute(update(runs).where(runs.c.run_id == run_ids[2]).values(state=RunState.RUNNING.value))
+        s3.put_object(Bucket=BUCKET, Key=f"evidence/{ACCOUNT}/2026/03/16/{run_ids[2]}/cloudtrail.json", Body=b"{}")
+        assert (await verify_evidence(settings)).ok
+    finally:
+        await store.close()
+
+
+async def test_evidence_kept_in_the_database_before_a_bucket_was_configured_still_verifies(
+    e2e_settings: Callable[..., Settings], moto_endpoint: str
+) -> None:
+    create_bucket(moto_endpoint)
+    database_only = e2e_settings()
+    await _three_runs(database_only)
+    with_bucket = e2e_settings(evidence_bucket=BUCKET, database_url=database_only.effective_database_url)
+    await _three_runs(with_bucket)
+    result = await verify_evidence(with_bucket)
+    assert result.ok, result.problems
+    assert (result.manifests, result.objects) == (6, 12)
