@@ -332,7 +332,10 @@ class RunsRequest(_External):
     schema_version: Literal[1] = 1
     account_id: AccountId | None = Field(None, description="Only runs that planned checks for this account.")
     limit: int = Field(20, ge=1, le=200, description="Runs per page.")
-    before: AwareDatetime | None = Field(None, description="Only runs requested before this time (the next page).")
+    before: AwareDatetime | None = Field(None, description="Next page: the previous page's `next_before`.")
+    before_run_id: RunId | None = Field(
+        None, description="Next page: the previous page's `next_before_run_id` (runs requested at the same time)."
+    )
 
 
 class RunListEntry(_Internal):
@@ -348,6 +351,7 @@ class RunsPage(_Internal):
     error: str | None = None
     runs: list[RunListEntry] = Field(default_factory=list)
     next_before: AwareDatetime | None = Field(None, description="Pass as `before` for the next page; null at the end.")
+    next_before_run_id: RunId | None = Field(None, description="Pass as `before_run_id` for the next page.")
 
 
 class HistoryRequest(_External):

@@ -100,7 +100,10 @@ class Reports:
             return RunsPage(ok=False, error=reason)
         try:
             rows = await self._store.list_runs(
-                account_id=request.account_id, limit=request.limit, before=request.before
+                account_id=request.account_id,
+                limit=request.limit,
+                before=request.before,
+                before_run_id=request.before_run_id,
             )
         except Exception as exc:
             log.error("runs_failed", error=f"{type(exc).__name__}: {exc}")
@@ -114,8 +117,13 @@ class Reports:
             )
             for row in rows
         ]
-        more = len(rows) == request.limit
-        return RunsPage(ok=True, runs=entries, next_before=rows[-1].run.requested_at if more and rows else None)
+        last = rows[-1].run if rows and len(rows) == request.limit else None
+        return RunsPage(
+            ok=True,
+            runs=entries,
+            next_before=last.requested_at if last else None,
+            next_before_run_id=last.run_id if last else None,
+        )
 
     async def history(self, body: bytes) -> HistoryPage:
         try:

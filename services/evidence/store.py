@@ -1011,9 +1011,16 @@ class EvidenceStore:
         return None if row is None else _stored_run(row._mapping)
 
     async def list_runs(
-        self, *, account_id: str | None = None, limit: int = 20, before: datetime | None = None
+        self,
+        *,
+        account_id: str | None = None,
+        limit: int = 20,
+        before: datetime | None = None,
+        before_run_id: str | None = None,
     ) -> list[RunRow]:
-        """Runs, newest first: each with the accounts it planned and its findings counts (final runs)."""
+        """Runs, newest first (requested_at, then run_id): each with the accounts it planned and its findings counts
+        (final runs). (`before`, `before_run_id`) is the last run of the previous page: a keyset cursor, so runs
+        requested at the same instant are neither skipped nor repeated."""
         query = select(runs)
         if account_id is not None:
             query = query.where(
@@ -1021,9 +1028,13 @@ class EvidenceStore:
                 .where(pairs.c.run_id == runs.c.run_id, pairs.c.account_id == account_id, pairs.c.planned.is_(True))
                 .exists()
             )
-        if before is not None:
+        if before is not None and before_run_id is not None:
+            query = query.where(
+                or_(runs.c.requested_at < before, and_(runs.c.requested_at == before, runs.c.run_id < before_run_id))
+            )
+        elif before is not None:
             query = query.where(runs.c.requested_at < before)
-        query = query.order_by(runs.c.requested_at.desc(), runs.c.planned_at.desc(), runs.c.run_id.desc()).limit(limit)
+        query = query.order_by(runs.c.requested_at.desc(), runs.c.run_id.desc()).limit(limit)
         async with self._reader.connect() as conn:
             rows = (await conn.execute(query)).all()
             ids = [r.run_id for r in rows]

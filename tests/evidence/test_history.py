@@ -81,8 +81,9 @@ async def test_runs_history_and_export(e2e_settings: Callable[..., Settings]) ->
         assert page.runs[1].findings_by_status == {Status.PASS: 2, Status.FAIL: 2, Status.ERROR: 0}
         assert page.runs[1].accounts == [ACCOUNT]
         assert page.next_before == page.runs[1].run.requested_at
+        cursor = {"before": page.next_before.isoformat(), "before_run_id": page.next_before_run_id}
         rest = RunsPage.model_validate_json(
-            await _ask(h, subjects.RUNS_REQUEST, {"limit": 2, "before": page.next_before.isoformat()})
+            await _ask(h, subjects.RUNS_REQUEST, {"account_id": ACCOUNT, "limit": 2, **cursor})
         )
         assert [e.run.run_id for e in rest.runs] == [run_ids[0]]
         assert rest.next_before is None

@@ -337,3 +337,19 @@ async def test_pair_material_findings_are_exactly_the_models_json(store: Evidenc
     by_id = {f["finding_id"]: f for f in material.findings}
     assert by_id == {f.finding_id: f.model_dump(mode="json") for f in found}
     assert by_id[precise.finding_id]["observed_at"] == "2026-03-14T23:31:01.120000Z"
+
+
+async def test_run_pages_neither_skip_nor_repeat_runs_requested_at_the_same_instant(store: EvidenceStore) -> None:
+    request_ids = [new_request_id() for _ in range(5)]
+    for request_id in request_ids:  # make_plan: every run requested at the same REQUESTED_AT
+        await store.save_plan(make_plan(request_id, [(ACCOUNT, Service.IAM)]))
+    seen: list[str] = []
+    before, before_run_id = None, None
+    for _ in range(4):
+        page = await store.list_runs(limit=2, before=before, before_run_id=before_run_id)
+        seen += [row.run.run_id for row in page]
+        if len(page) < 2:
+            break
+        before, before_run_id = page[-1].run.requested_at, page[-1].run.run_id
+    assert sorted(seen) == sorted(run_id_for(r) for r in request_ids)
+    assert len(seen) == len(set(seen))
