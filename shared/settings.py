@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import croniter
 from pydantic import AliasChoices, Field, SecretStr, field_validator
@@ -65,8 +66,17 @@ class Settings(BaseSettings):
     )
 
     # --- scheduling ------------------------------------------------------------------------
-    schedule: str = Field("0 2 * * *", description="Cron expression (UTC) of the scheduled run.")
+    schedule: str = Field("0 2 * * *", description="Cron expression of the scheduled run (KUSHIM_SCHEDULE_TIMEZONE).")
+    schedule_timezone: str = Field(
+        "UTC", description="IANA time zone of the schedule (e.g. Europe/Berlin); slots follow its daylight saving."
+    )
     schedule_enabled: bool = Field(True, description="Whether the scheduler publishes scheduled runs.")
+    schedule_catch_up_seconds: float = Field(
+        21_600.0,
+        ge=0,
+        description="A scheduler that was down over a slot runs the latest missed slot once when it comes back, if it "
+        "is at most this old (never older ones, never a burst); 0: no catch-up.",
+    )
     run_deadline_seconds: float = Field(
         900.0, gt=0, description="Seconds after planning when a run still missing results becomes INCOMPLETE."
     )
@@ -159,6 +169,15 @@ class Settings(BaseSettings):
                     "nats://<user>:<password>@host:4222 with a user of deploy/nats/nats-server.conf (only a loopback "
                     "broker may run without authentication)"
                 )
+        return value
+
+    @field_validator("schedule_timezone")
+    @classmethod
+    def _valid_timezone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{value!r} is not an IANA time zone (e.g. UTC, Europe/Berlin, Asia/Tokyo)") from None
         return value
 
     @field_validator("schedule")

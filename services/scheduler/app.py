@@ -113,5 +113,11 @@ def create_service(settings: Settings, *, url: str, aws: AwsClients | None = Non
 
     app = ServiceApp(name="scheduler", broker=broker, url=url, settings=settings, on_start=[resolve_accounts])
     if settings.schedule_enabled:
-        app.background.append(CronLoop(broker=broker, expression=settings.schedule).run)
+        cron = CronLoop(
+            broker=broker,
+            expression=settings.schedule,
+            timezone=settings.schedule_timezone,
+            catch_up_seconds=settings.schedule_catch_up_seconds,
+        )
+        app.background.append(cron.run)
     return app

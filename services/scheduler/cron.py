@@ -1,15 +1,31 @@
-"""The schedule: publishes a RunRequested at every cron slot (UTC), with a slot-derived id so that several
-scheduler replicas ticking at once produce one run (the stream deduplicates on Nats-Msg-Id)."""
+"""The schedule: one RunRequested per cron slot, however many scheduler replicas run and whenever they run.
+
+- Every replica computes the same slots (cron expression in `KUSHIM_SCHEDULE_TIMEZONE`, daylight saving included).
+- A slot is claimed durably before it is published: a create-only key in the JetStream key-value bucket
+  `KUSHIM_SCHEDULE` (`slot.<yyyymmddThhmmZ>`). Exactly one replica's create succeeds; the others see the key and
+  skip the slot, even a replica that catches up hours later, long after the stream's de-duplication window.
+- The claimer then publishes with a slot-derived `Nats-Msg-Id` (a retry is a duplicate, not a second run) and marks
+  the claim published. A claimer that died between claim and publish leaves an unpublished claim: after
+  `STALE_CLAIM_SECONDS` another replica takes it over (a compare-and-set on the key's revision) and publishes.
+- Catch-up: at start, the latest slot before now is run once if it is at most `KUSHIM_SCHEDULE_CATCH_UP_SECONDS`
+  old and nobody claimed it; older missed slots are never run (no burst of stale runs after an outage).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import socket
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
+from zoneinfo import ZoneInfo
 
 import structlog
 from croniter import croniter
 from faststream.nats import NatsBroker
+from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
 
 from shared import subjects
 from shared.messages import RunRequested
@@ -17,18 +33,91 @@ from shared.nats import publish_durable
 
 log = structlog.get_logger(__name__)
 
+SCHEDULE_BUCKET = "KUSHIM_SCHEDULE"
+CLAIM_TTL_SECONDS = 40 * 86_400.0
+"""Claims are kept 40 days: longer than any catch-up window."""
+STALE_CLAIM_SECONDS = 120.0
 
-def next_slot(expression: str, after: datetime) -> datetime:
-    """The first slot strictly after `after`, in UTC."""
-    return croniter(expression, after.astimezone(UTC)).get_next(datetime).astimezone(UTC)
+
+def next_slot(expression: str, after: datetime, timezone: str = "UTC") -> datetime:
+    """The first slot strictly after `after`, in UTC (the expression read in `timezone`)."""
+    local = after.astimezone(ZoneInfo(timezone))
+    return croniter(expression, local).get_next(datetime).astimezone(UTC)
+
+
+def previous_slot(expression: str, before: datetime, timezone: str = "UTC") -> datetime:
+    """The latest slot at or before `before`, in UTC."""
+    local = before.astimezone(ZoneInfo(timezone))
+    if croniter.match(expression, local.replace(second=0, microsecond=0)) and local.second == 0 == local.microsecond:
+        return local.astimezone(UTC)
+    return croniter(expression, local).get_prev(datetime).astimezone(UTC)
 
 
 def slot_request_id(slot: datetime) -> str:
     return f"schedule-{slot.astimezone(UTC):%Y%m%dT%H%MZ}"
 
 
+def slot_key(slot: datetime) -> str:
+    return f"slot.{slot.astimezone(UTC):%Y%m%dT%H%MZ}"
+
+
 def scheduled_request(slot: datetime) -> RunRequested:
     return RunRequested(request_id=slot_request_id(slot), requested_by="kushim-scheduler", requested_at=slot)
+
+
+class SlotClaims(Protocol):
+    """Durable, create-only claims of schedule slots."""
+
+    async def claim(self, slot: datetime, now: datetime) -> bool:
+        """True when this replica owns the slot and must publish it (a new claim, or a stale one taken over)."""
+
+    async def published(self, slot: datetime, now: datetime) -> None: ...
+
+
+class KvSlotClaims:
+    """Slot claims in the JetStream key-value bucket KUSHIM_SCHEDULE."""
+
+    def __init__(self, broker: NatsBroker, owner: str | None = None) -> None:
+        self._broker = broker
+        self._owner = owner or f"{socket.gethostname()}-{id(self):x}"
+        self._kv: KeyValue | None = None
+
+    async def _bucket(self) -> KeyValue:
+        if self._kv is None:
+            self._kv = await self._broker.key_value(
+                SCHEDULE_BUCKET, description="Claimed schedule slots (one run per slot).", ttl=CLAIM_TTL_SECONDS
+            )
+        return self._kv
+
+    def _value(self, now: datetime, *, published: bool) -> bytes:
+        record = {"owner": self._owner, "at": now.isoformat(), "published": published}
+        return json.dumps(record, sort_keys=True).encode()
+
+    async def claim(self, slot: datetime, now: datetime) -> bool:
+        kv = await self._bucket()
+        key = slot_key(slot)
+        try:
+            await kv.create(key, self._value(now, published=False))
+            return True
+        except KeyWrongLastSequenceError:
+            pass
+        entry = await kv.get(key)
+        record = json.loads(entry.value or b"{}")
+        if record.get("published"):
+            return False
+        claimed_at = datetime.fromisoformat(record.get("at", now.isoformat()))
+        if (now - claimed_at).total_seconds() < STALE_CLAIM_SECONDS:
+            return False  # another replica is publishing it right now
+        try:  # its claimer died before publishing: take the claim over, unless another replica just did
+            await kv.update(key, self._value(now, published=False), last=entry.revision)
+        except KeyWrongLastSequenceError:
+            return False
+        log.warning("schedule_claim_taken_over", slot=slot.isoformat(), previous_owner=record.get("owner"))
+        return True
+
+    async def published(self, slot: datetime, now: datetime) -> None:
+        kv = await self._bucket()
+        await kv.put(slot_key(slot), self._value(now, published=True))
 
 
 class CronLoop:
@@ -37,15 +126,25 @@ class CronLoop:
         *,
         broker: NatsBroker,
         expression: str,
+        timezone: str = "UTC",
+        claims: SlotClaims | None = None,
+        catch_up_seconds: float = 0.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         retry_seconds: float = 5.0,
     ) -> None:
         self._broker = broker
         self._expression = expression
+        self._timezone = timezone
+        self._claims = claims or KvSlotClaims(broker)
+        self._catch_up = timedelta(seconds=catch_up_seconds)
         self._clock = clock
         self._retry_seconds = retry_seconds
 
-    async def publish_slot(self, slot: datetime) -> None:
+    async def publish_slot(self, slot: datetime) -> bool:
+        """Claim the slot and publish its RunRequested; False when another replica owns it."""
+        if not await self._claims.claim(slot, self._clock()):
+            log.info("scheduled_slot_claimed_elsewhere", slot=slot.isoformat())
+            return False
         request = scheduled_request(slot)
         ack = await publish_durable(
             self._broker,
@@ -54,21 +153,39 @@ class CronLoop:
             msg_id=request.request_id,
             stream=subjects.STREAM_RUNS,
         )
+        await self._claims.published(slot, self._clock())
         log.info("scheduled_run_requested", request_id=request.request_id, duplicate=bool(ack.duplicate))
+        return True
+
+    def missed_slot(self, now: datetime) -> datetime | None:
+        """The latest slot before now, if it is within the catch-up window."""
+        if self._catch_up <= timedelta(0):
+            return None
+        slot = previous_slot(self._expression, now, self._timezone)
+        return slot if now - slot <= self._catch_up else None
+
+    async def _run_slot(self, slot: datetime) -> None:
+        while True:
+            try:
+                await self.publish_slot(slot)
+                return
+            except Exception as exc:
+                # Same slot again (its claim and id make a retry safe): a broker restart at 02:00 must not skip a day.
+                log.error("scheduled_publish_failed", slot=slot.isoformat(), error=f"{type(exc).__name__}: {exc}")
+                await asyncio.sleep(self._retry_seconds)
 
     async def run(self) -> None:
-        slot = next_slot(self._expression, self._clock())
-        log.info("schedule_armed", schedule=self._expression, next_run=slot.isoformat())
+        now = self._clock()
+        missed = self.missed_slot(now)
+        if missed is not None:
+            log.info("schedule_catching_up", slot=missed.isoformat(), late_seconds=(now - missed).total_seconds())
+            await self._run_slot(missed)
+        slot = next_slot(self._expression, now, self._timezone)
+        log.info("schedule_armed", schedule=self._expression, timezone=self._timezone, next_run=slot.isoformat())
         while True:
             wait = (slot - self._clock()).total_seconds()
             if wait > 0:
                 await asyncio.sleep(min(wait, 60.0))
                 continue
-            try:
-                await self.publish_slot(slot)
-            except Exception as exc:
-                # Same slot again (its id makes a retry safe): a broker restart at 02:00 must not skip a day.
-                log.error("scheduled_publish_failed", slot=slot.isoformat(), error=f"{type(exc).__name__}: {exc}")
-                await asyncio.sleep(self._retry_seconds)
-                continue
-            slot = next_slot(self._expression, slot)
+            await self._run_slot(slot)
+            slot = next_slot(self._expression, slot, self._timezone)

@@ -22,10 +22,12 @@ from services.cli.client import run_check
 from services.cli.demo_account import seed_demo_account
 from services.cli.stack import SERVICES, migrate_database
 from services.evidence.store import EvidenceStore
+from services.scheduler.cron import CronLoop
 from shared import subjects
 from shared.aws import AwsClients
 from shared.embedded import EmbeddedNats, start_nats
 from shared.messages import FindingsReported, RunState, Service, Status
+from shared.nats import make_broker
 from shared.settings import Settings
 from tests.conftest import MOTO_ACCOUNT
 from tests.evidence.factory import make_chunks, make_finding, new_request_id
@@ -233,3 +235,27 @@ def test_forged_chunk_is_a_valid_message() -> None:
     """The forgeries above are well-formed FindingsReported: only the permissions stop them."""
     chunk = make_chunks("x-1", MOTO_ACCOUNT, Service.IAM, [])[0]
     assert FindingsReported.model_validate_json(chunk.model_dump_json()) == chunk
+
+
+async def test_the_scheduler_user_claims_and_publishes_schedule_slots(
+    secured_nats: SecuredNats, secured_stack: Settings
+) -> None:
+    broker = make_broker(secured_nats.url("scheduler"), name="scheduler-cron", settings=secured_stack)
+    await broker.connect()
+    try:
+        loop = CronLoop(broker=broker, expression="0 2 * * *")
+        slot = datetime(2026, 11, 27, 2, 0, tzinfo=UTC)
+        assert await loop.publish_slot(slot) is True
+        assert await loop.publish_slot(slot) is False
+    finally:
+        await broker.stop()
+    # The external user cannot touch the claims.
+    violations = Violations()
+    outsider = await _connect(secured_nats.url("external"), violations, inbox_prefix="_INBOX_external")
+    try:
+        await outsider.publish("$KV.KUSHIM_SCHEDULE.slot.20261128T0200Z", b"{}")
+        await outsider.flush()
+        await asyncio.sleep(0.3)
+        assert len(violations.errors) == 1
+    finally:
+        await outsider.close()

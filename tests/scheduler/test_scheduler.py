@@ -211,7 +211,20 @@ async def test_cron_retries_the_same_slot_when_publishing_fails() -> None:
 
             return PubAck(stream="KUSHIM_RUNS", seq=1)
 
-    loop = CronLoop(broker=FlakyBroker(), expression="0 2 * * *", clock=lambda: now[0], retry_seconds=0)  # type: ignore[arg-type]
+    class Claims:  # the durable claim is tested on a real server in test_schedule.py
+        async def claim(self, slot: datetime, now: datetime) -> bool:
+            return True
+
+        async def published(self, slot: datetime, now: datetime) -> None:
+            return None
+
+    loop = CronLoop(
+        broker=FlakyBroker(),  # type: ignore[arg-type]
+        expression="0 2 * * *",
+        claims=Claims(),
+        clock=lambda: now[0],
+        retry_seconds=0,
+    )
     task = asyncio.create_task(loop.run())
     for _ in range(100):
         if published:

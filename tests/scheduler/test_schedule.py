@@ -1,0 +1,124 @@
+"""Schedules on a real nats-server: one run per slot across replicas and across time (durable slot claims in the
+KUSHIM_SCHEDULE key-value bucket), takeover of a claim whose owner died, catch-up of the latest missed slot only,
+and time zones."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from nats.aio.client import Client as NatsClient
+
+from services.scheduler.cron import SCHEDULE_BUCKET, STALE_CLAIM_SECONDS, CronLoop, next_slot, slot_key
+from shared import subjects
+from shared.embedded import EmbeddedNats
+from shared.nats import declare_topology, make_broker
+from shared.settings import Settings
+from tests.helpers import nats_client, stream_payloads
+
+SLOT = datetime(2026, 11, 27, 2, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def nc(nats_server: EmbeddedNats, settings: Settings) -> AsyncIterator[NatsClient]:
+    async with nats_client(nats_server.url) as client:
+        await declare_topology(client.jetstream(), settings)
+        yield client
+
+
+async def _requests(nc: NatsClient) -> list[str]:
+    payloads = await stream_payloads(nc, subjects.STREAM_RUNS, subjects.RUNS_REQUESTED)
+    return [json.loads(p)["request_id"] for p in payloads]
+
+
+def _fixed(moment: datetime) -> Callable[[], datetime]:
+    return lambda: moment
+
+
+async def test_one_run_per_slot_across_replicas_and_after_the_dedupe_window(
+    nats_server: EmbeddedNats, make_settings: Callable[..., Settings], nc: NatsClient
+) -> None:
+    settings = make_settings(nats_url=nats_server.url, duplicate_window_seconds=1)
+    await declare_topology(nc.jetstream(), settings)  # a 1 s de-duplication window
+    brokers = [make_broker(nats_server.url, name=f"replica-{i}", settings=settings) for i in range(3)]
+    for broker in brokers:
+        await broker.connect()
+    try:
+        loops = [CronLoop(broker=b, expression="0 2 * * *") for b in brokers]
+        published = await asyncio.gather(loops[0].publish_slot(SLOT), loops[1].publish_slot(SLOT))
+        assert sorted(published) == [False, True]
+        await asyncio.sleep(1.5)  # past the stream's de-duplication window: only the claim stops a second run
+        assert await loops[2].publish_slot(SLOT) is False
+        assert await _requests(nc) == ["schedule-20261127T0200Z"]
+        entry = await (await nc.jetstream().key_value(SCHEDULE_BUCKET)).get(slot_key(SLOT))
+        assert json.loads(entry.value or b"{}")["published"] is True
+    finally:
+        for broker in brokers:
+            await broker.stop()
+
+
+async def test_a_claim_whose_owner_died_is_taken_over_and_a_live_one_is_not(
+    nats_server: EmbeddedNats, settings: Settings, nc: NatsClient
+) -> None:
+    broker = make_broker(nats_server.url, name="replica", settings=settings)
+    await broker.connect()
+    try:
+        kv = await broker.key_value(SCHEDULE_BUCKET)
+        now = datetime.now(UTC)
+        fresh = {"owner": "other", "at": now.isoformat(), "published": False}
+        await kv.create(slot_key(SLOT), json.dumps(fresh).encode())
+        loop = CronLoop(broker=broker, expression="0 2 * * *")
+        assert await loop.publish_slot(SLOT) is False  # the other replica is publishing it right now
+        stale = {"owner": "dead", "at": (now - timedelta(seconds=STALE_CLAIM_SECONDS + 1)).isoformat()}
+        await kv.put(slot_key(SLOT), json.dumps(stale | {"published": False}).encode())
+        assert await loop.publish_slot(SLOT) is True
+        assert await _requests(nc) == ["schedule-20261127T0200Z"]
+    finally:
+        await broker.stop()
+
+
+async def test_catch_up_runs_the_latest_missed_slot_once_and_never_older_ones(
+    nats_server: EmbeddedNats, settings: Settings, nc: NatsClient
+) -> None:
+    hourly = "0 * * * *"
+    loop = CronLoop(broker=None, expression=hourly, catch_up_seconds=6 * 3600)  # type: ignore[arg-type]
+    down_until = datetime(2026, 11, 27, 5, 30, tzinfo=UTC)  # down since 00:10: five slots missed
+    assert loop.missed_slot(down_until) == datetime(2026, 11, 27, 5, 0, tzinfo=UTC)
+    short = CronLoop(broker=None, expression=hourly, catch_up_seconds=20 * 60)  # type: ignore[arg-type]
+    assert short.missed_slot(down_until) is None  # 30 minutes late is outside a 20-minute window
+    daily = CronLoop(broker=None, expression="0 2 * * *", catch_up_seconds=6 * 3600)  # type: ignore[arg-type]
+    assert daily.missed_slot(datetime(2026, 11, 29, 1, 0, tzinfo=UTC)) is None  # 23 h late
+    none = CronLoop(broker=None, expression="0 2 * * *", catch_up_seconds=0)  # type: ignore[arg-type]
+    assert none.missed_slot(datetime(2026, 11, 27, 2, 5, tzinfo=UTC)) is None
+
+    # Two replicas come back at 02:30 and 02:40: the 02:00 run happens once.
+    brokers = [make_broker(nats_server.url, name=f"late-{i}", settings=settings) for i in range(2)]
+    for broker in brokers:
+        await broker.connect()
+    try:
+        for i, broker in enumerate(brokers):
+            clock = datetime(2026, 11, 27, 2, 30 + 10 * i, tzinfo=UTC)
+            late = CronLoop(broker=broker, expression="0 2 * * *", catch_up_seconds=6 * 3600, clock=_fixed(clock))
+            task = asyncio.create_task(late.run())
+            await asyncio.sleep(0.5)  # catch-up happens before the loop waits for the next slot
+            task.cancel()
+        assert await _requests(nc) == ["schedule-20261127T0200Z"]
+    finally:
+        for broker in brokers:
+            await broker.stop()
+
+
+def test_schedules_follow_their_time_zone_and_its_daylight_saving() -> None:
+    winter = next_slot("0 2 * * *", datetime(2026, 1, 10, 12, 0, tzinfo=UTC), "Europe/Berlin")
+    summer = next_slot("0 2 * * *", datetime(2026, 7, 10, 12, 0, tzinfo=UTC), "Europe/Berlin")
+    assert winter == datetime(2026, 1, 11, 1, 0, tzinfo=UTC)  # 02:00 CET
+    assert summer == datetime(2026, 7, 11, 0, 0, tzinfo=UTC)  # 02:00 CEST
+    assert next_slot("0 2 * * *", datetime(2026, 1, 10, 12, 0, tzinfo=UTC)) == datetime(2026, 1, 11, 2, 0, tzinfo=UTC)
+
+
+def test_unknown_time_zone_is_refused(make_settings: Callable[..., Settings]) -> None:
+    with pytest.raises(ValueError, match="not an IANA time zone"):
+        make_settings(schedule_timezone="Mars/Olympus")
