@@ -280,6 +280,7 @@ class Consumer(Generic[M]):
         self._context = context
         self._retry_forever = spec.retry_forever
         self._dead_letter = spec.dead_letters
+        self._max_body_bytes = spec.max_body_bytes
 
     async def __call__(self, msg: NatsMessage) -> None:
         body: bytes = msg.body
@@ -287,6 +288,11 @@ class Consumer(Generic[M]):
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(consumer=self.name, subject=delivery.subject)
         try:
+            if self._max_body_bytes is not None and len(body) > self._max_body_bytes:
+                await self._reject(
+                    msg, delivery, body, f"message of {len(body)} bytes exceeds the limit of {self._max_body_bytes}"
+                )
+                return
             try:
                 payload = self._model.model_validate_json(body)
             except ValidationError as exc:

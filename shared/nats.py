@@ -54,6 +54,8 @@ class ConsumerSpec:
     scheduler's requests, the evidence service's plans and findings). Any other failure is given up after
     `max_deliver` deliveries and dead-lettered; bad input is dead-lettered at once."""
     dead_letters: bool = True
+    max_body_bytes: int | None = None
+    """Bodies larger than this are rejected (dead-lettered, answered) before they are parsed: outside input."""
     """False for the consumer of the dead letters themselves: what it cannot store is logged, never re-dead-lettered."""
 
 
@@ -111,6 +113,10 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
     ]
 
 
+MAX_RUN_REQUEST_BYTES = 64 * 1024
+"""A RunRequested is small (1,000 account ids fit in 16 KiB): anything larger is refused unread."""
+
+
 def scheduler_consumer() -> ConsumerSpec:
     return ConsumerSpec(
         subjects.STREAM_RUNS,
@@ -118,6 +124,7 @@ def scheduler_consumer() -> ConsumerSpec:
         subjects.RUNS_REQUESTED,
         "Scheduler: run requests",
         retry_forever=True,
+        max_body_bytes=MAX_RUN_REQUEST_BYTES,
     )
 
 

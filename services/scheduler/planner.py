@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
@@ -21,7 +22,7 @@ from shared.messages import (
     Service,
     run_id_for,
 )
-from shared.nats import publish_durable
+from shared.nats import MAX_RUN_REQUEST_BYTES, publish_durable
 from shared.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -112,7 +113,13 @@ class Planner:
         )
 
 
+_LEADING_REQUEST_ID = re.compile(rb'"request_id"\s*:\s*"([A-Za-z0-9][A-Za-z0-9._:@-]{0,127})"')
+
+
 def _request_id_of(body: bytes) -> str | None:
+    if len(body) > MAX_RUN_REQUEST_BYTES:  # an oversized body is not parsed; its id is looked for at its start
+        match = _LEADING_REQUEST_ID.search(body[:4096])
+        return match.group(1).decode() if match else None
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError):
