@@ -113,3 +113,21 @@ def boto3_client(endpoint: str, service: str, region: str = "us-east-1") -> Any:
 
 def dumps(obj: Any) -> bytes:
     return json.dumps(obj).encode()
+
+
+@pytest.fixture
+def e2e_settings(
+    make_settings: Callable[..., Settings], nats_server: EmbeddedNats, moto_endpoint: str
+) -> Callable[..., Settings]:
+    """Settings of an evidence service on this test's nats-server and the moto server (overrides win)."""
+
+    def make(**overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "nats_url": nats_server.url,
+            "aws_endpoint_url": moto_endpoint,
+            "deadline_poll_seconds": 0.2,
+        }
+        values.update(overrides)
+        return make_settings(**values)
+
+    return make

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from urllib.parse import urlsplit, urlunsplit
@@ -130,8 +130,11 @@ class KushimClient:
         accounts: Sequence[str] | None = None,
         services: Sequence[Service] | None = None,
         timeout: float = 1200.0,
+        progress: Callable[[Progress], None] | None = None,
     ) -> str:
-        """Publish a RunRequested and wait until its run is final; returns the run id (raises on RunRejected)."""
+        """Publish a RunRequested and wait until its run is final; returns the run id (raises on RunRejected).
+
+        `progress` is called about once a second with where the run stands (read from the evidence service)."""
         done: asyncio.Future[str] = asyncio.get_running_loop().create_future()
 
         async def on_completed(msg: Msg) -> None:
@@ -160,24 +163,28 @@ class KushimClient:
                     raise CouldNotRun(f"no result for request {request_id} within {timeout:.0f}s")
                 if self._nc.is_closed:
                     raise CouldNotRun("the connection to the NATS server was lost")
+                poll = 1.0 if progress is not None else 5.0
                 try:
-                    return await asyncio.wait_for(asyncio.shield(done), timeout=min(5.0, remaining))
+                    return await asyncio.wait_for(asyncio.shield(done), timeout=min(poll, remaining))
                 except TimeoutError:
                     # A RunCompleted missed during a reconnect is recovered from the evidence service's record.
-                    summary = await self._run_state(request_id)
-                    if summary is not None and summary.state is not RunState.RUNNING:
-                        return summary.run_id
+                    page = await self._run_page(request_id)
+                    if page is not None and page.run is not None:
+                        if progress is not None:
+                            progress(Progress.of(page))
+                        if page.run.state is not RunState.RUNNING:
+                            return page.run.run_id
         finally:
             for sub in subs:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
 
-    async def _run_state(self, request_id: str) -> RunSummary | None:
+    async def _run_page(self, request_id: str) -> ReportPage | None:
         try:
             page = await self.report_page(ReportRequest(request_id=request_id, page_size=1))
         except CouldNotRun:
             return None
-        return page.run if page.ok else None
+        return page if page.ok else None
 
     async def report_page(self, request: ReportRequest, timeout: float = 10.0) -> ReportPage:
         try:
@@ -244,6 +251,29 @@ class KushimClient:
         return Report(run=first.run if first.run else page.run, services=list(first.services), findings=findings)
 
 
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """Where a run stands: planned (account, service) checks with their evidence stored, findings stored."""
+
+    run_id: str
+    state: RunState
+    checks_done: int
+    checks_expected: int
+    findings_stored: int
+
+    @classmethod
+    def of(cls, page: ReportPage) -> Progress:
+        assert page.run is not None
+        done = sum(1 for s in page.services if s.complete)
+        return cls(page.run.run_id, page.run.state, done, len(page.services), page.findings_total)
+
+    def describe(self) -> str:
+        return (
+            f"run {self.run_id}: {self.checks_done}/{self.checks_expected} checks done, "
+            f"{self.findings_stored} findings stored"
+        )
+
+
 async def run_check(
     url: str,
     *,
@@ -251,12 +281,15 @@ async def run_check(
     services: Sequence[Service] | None = None,
     timeout: float = 1200.0,
     request_id: str | None = None,
+    progress: Callable[[Progress], None] | None = None,
 ) -> Report:
     """Request a run, wait for it and read its whole report."""
     client = await KushimClient.connect(url)
     try:
         request_id = request_id or f"cli-{uuid.uuid4().hex}"
-        run_id = await client.run_and_wait(request_id, accounts=accounts, services=services, timeout=timeout)
+        run_id = await client.run_and_wait(
+            request_id, accounts=accounts, services=services, timeout=timeout, progress=progress
+        )
         return await client.report(run_id=run_id)
     finally:
         await client.close()

@@ -19,6 +19,7 @@ from services.cli import render
 from services.cli.client import (
     CouldNotRun,
     KushimClient,
+    Progress,
     Report,
     RunRejectedError,
     expected_run_id,
@@ -105,7 +106,15 @@ def check(
             else:
                 out.print(run_id)
             return
-        report = asyncio.run(run_check(url, accounts=account, services=service, timeout=timeout))
+        if err.is_terminal:  # live progress for people; nothing extra when stderr is a file or a pipe
+            with err.status(f"Requested a run on {safe_url(url)}; waiting for its plan…") as status:
+
+                def show(progress: Progress) -> None:
+                    status.update(progress.describe())
+
+                report = asyncio.run(run_check(url, accounts=account, services=service, timeout=timeout, progress=show))
+        else:
+            report = asyncio.run(run_check(url, accounts=account, services=service, timeout=timeout))
     except RunRejectedError as exc:
         err.print(f"[red]Run rejected:[/red] {exc}")
         raise typer.Exit(render.EXIT_USAGE) from None

@@ -6,18 +6,15 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 from sqlalchemy.engine import make_url
 
 from services.evidence.store import EvidenceStore
-from shared.embedded import EmbeddedNats
-from shared.settings import Settings
 
 # Read at import: the root conftest's autouse fixture removes every KUSHIM_* variable during each test.
 POSTGRES_DSN = os.environ.get("KUSHIM_TEST_POSTGRES_DSN")
@@ -72,21 +69,3 @@ async def store(database_url: str) -> AsyncIterator[EvidenceStore]:
         yield store
     finally:
         await store.close()
-
-
-@pytest.fixture
-def e2e_settings(
-    make_settings: Callable[..., Settings], nats_server: EmbeddedNats, moto_endpoint: str
-) -> Callable[..., Settings]:
-    """Settings of an evidence service on this test's nats-server and the moto server (overrides win)."""
-
-    def make(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {
-            "nats_url": nats_server.url,
-            "aws_endpoint_url": moto_endpoint,
-            "deadline_poll_seconds": 0.2,
-        }
-        values.update(overrides)
-        return make_settings(**values)
-
-    return make
