@@ -38,6 +38,7 @@ from shared.messages import (
     ReportPage,
     ReportRequest,
     RunCompleted,
+    RunJoined,
     RunPlanned,
     RunRejected,
     RunRequested,
@@ -100,6 +101,14 @@ def channels() -> tuple[Channel, ...]:
             "scheduler",
             f"evidence (durable {subjects.DURABLE_EVIDENCE_PLANS})",
             "The pairs a run must receive before it can be COMPLETE, and its deadline.",
+            stream=subjects.STREAM_RUNS,
+        ),
+        Channel(
+            subjects.RUNS_JOINED,
+            RunJoined,
+            "scheduler",
+            f"evidence (durable {subjects.DURABLE_EVIDENCE_JOINS})",
+            "A request coalesced into an identical run in flight; answered with that run's RunCompleted.",
             stream=subjects.STREAM_RUNS,
         ),
         Channel(
