@@ -38,7 +38,6 @@ from shared.messages import (
     ReportPage,
     ReportRequest,
     RunCompleted,
-    RunJoined,
     RunPlanned,
     RunRejected,
     RunRequested,
@@ -101,14 +100,6 @@ def channels() -> tuple[Channel, ...]:
             "scheduler",
             f"evidence (durable {subjects.DURABLE_EVIDENCE_PLANS})",
             "The pairs a run must receive before it can be COMPLETE, and its deadline.",
-            stream=subjects.STREAM_RUNS,
-        ),
-        Channel(
-            subjects.RUNS_JOINED,
-            RunJoined,
-            "scheduler",
-            f"evidence (durable {subjects.DURABLE_EVIDENCE_JOINS})",
-            "A request coalesced into an identical run in flight; answered with that run's RunCompleted.",
             stream=subjects.STREAM_RUNS,
         ),
         Channel(

@@ -134,18 +134,6 @@ class CheckRequested(_Internal):
     requested_at: AwareDatetime
 
 
-class RunJoined(_Internal):
-    """A RunRequested coalesced into an identical run already in flight (same accounts and services): no second
-    scan; the evidence service answers the joining request with that run's RunCompleted (its request_id echoed)."""
-
-    schema_version: Literal[1] = 1
-    run_id: RunId = Field(description="The run in flight that the request joined.")
-    request_id: RequestId = Field(description="The joining request's id.")
-    requested_by: str
-    requested_at: AwareDatetime
-    joined_at: AwareDatetime
-
-
 class RunRejected(_Internal):
     """A refused RunRequested, on `kushim.runs.rejected`."""
 

@@ -138,16 +138,6 @@ def evidence_plans_consumer() -> ConsumerSpec:
     )
 
 
-def evidence_joins_consumer() -> ConsumerSpec:
-    return ConsumerSpec(
-        subjects.STREAM_RUNS,
-        subjects.DURABLE_EVIDENCE_JOINS,
-        subjects.RUNS_JOINED,
-        "Evidence: requests coalesced into runs in flight",
-        retry_forever=True,
-    )
-
-
 def evidence_findings_consumer() -> ConsumerSpec:
     return ConsumerSpec(
         subjects.STREAM_FINDINGS,
@@ -183,7 +173,6 @@ def all_consumers() -> list[ConsumerSpec]:
         scheduler_consumer(),
         evidence_plans_consumer(),
         evidence_findings_consumer(),
-        evidence_joins_consumer(),
         evidence_dead_letters_consumer(),
         *(collector_consumer(service) for service in Service),
     ]

@@ -17,8 +17,6 @@ RUNS_PLANNED: Final = "kushim.runs.planned"
 RUNS_COMPLETED: Final = "kushim.runs.completed"
 """The evidence service's verdict for a run: COMPLETE or INCOMPLETE, with per-control verdicts."""
 RUNS_REJECTED: Final = "kushim.runs.rejected"
-RUNS_JOINED: Final = "kushim.runs.joined"
-"""A request coalesced into an identical run already in flight (RunJoined): its RunCompleted comes from that run."""
 """A RunRequested that was refused (invalid, unknown account, ...), echoing the requester's request_id."""
 
 # --- checks (stream KUSHIM_CHECKS): only the scheduler publishes here ----------------------
@@ -68,7 +66,6 @@ def dlq_subject(consumer: str) -> str:
 # --- durable pull consumers -----------------------------------------------------------------
 DURABLE_SCHEDULER: Final = "scheduler-run-requests"
 DURABLE_EVIDENCE_PLANS: Final = "evidence-run-plans"
-DURABLE_EVIDENCE_JOINS: Final = "evidence-run-joins"
 DURABLE_EVIDENCE_FINDINGS: Final = "evidence-findings"
 DURABLE_EVIDENCE_DEAD_LETTERS: Final = "evidence-dead-letters"
 

@@ -33,12 +33,11 @@ from shared import subjects
 from shared.aws import AwsClients
 from shared.consume import Consumer, Delivery, Rejected, describe_failure
 from shared.controls import gating_table
-from shared.messages import DeadLetter, FindingsReported, RunJoined, RunPlanned
+from shared.messages import DeadLetter, FindingsReported, RunPlanned
 from shared.nats import (
     durable_subscriber,
     evidence_dead_letters_consumer,
     evidence_findings_consumer,
-    evidence_joins_consumer,
     evidence_plans_consumer,
     make_broker,
     publish_durable,
@@ -235,32 +234,7 @@ class EvidenceService:
                 replay=stored.replay,
             )
 
-    async def handle_join(self, joined: RunJoined, delivery: Delivery, msg: NatsMessage) -> None:
-        """A request coalesced into a run in flight: it gets that run's RunCompleted (now, if the run is final)."""
-        await self.store.save_join(joined)
-        log.info("run_joined", run_id=joined.run_id, request_id=joined.request_id)
-        await self.publish_completion(joined.run_id)
-
     async def publish_completion(self, run_id: str) -> None:
-        await self._publish_own_completion(run_id)
-        joiners = await self.store.joiners_owed(run_id)
-        if not joiners:
-            return
-        message = await self.store.pending_completion(run_id, published_too=True)
-        if message is None:
-            return
-        for request_id in joiners:
-            await publish_durable(
-                self.broker,
-                subjects.RUNS_COMPLETED,
-                message.model_copy(update={"request_id": request_id}),
-                msg_id=f"completed:{run_id}:{request_id}:{message.state.value}",
-                stream=subjects.STREAM_RUNS,
-            )
-            await self.store.mark_join_published(run_id, request_id, message.state)
-        log.info("run_completed_published_to_joiners", run_id=run_id, joiners=len(joiners), state=message.state.value)
-
-    async def _publish_own_completion(self, run_id: str) -> None:
         message = await self.store.pending_completion(run_id)
         if message is None:
             return
@@ -382,22 +356,6 @@ def create_evidence(
     )
     async def on_findings_reported(msg: NatsMessage) -> None:
         await chunks(msg)
-
-    joins_spec = evidence_joins_consumer()
-    joins: Consumer[RunJoined] = Consumer(
-        spec=joins_spec,
-        model=RunJoined,
-        handler=service.handle_join,
-        broker=broker,
-        settings=settings,
-        context=lambda j: {"run_id": j.run_id, "request_id": j.request_id},
-    )
-
-    @durable_subscriber(
-        broker, joins_spec, description="Records requests coalesced into a run in flight; answers them when it ends."
-    )
-    async def on_run_joined(msg: NatsMessage) -> None:
-        await joins(msg)
 
     letters_spec = evidence_dead_letters_consumer()
     letters: Consumer[DeadLetter] = Consumer(

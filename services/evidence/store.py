@@ -61,7 +61,6 @@ from shared.messages import (
     FindingsReported,
     PlannedCheck,
     RunCompleted,
-    RunJoined,
     RunPlanned,
     RunState,
     Service,
@@ -219,20 +218,6 @@ manifests = Table(
     Column("uploaded_at", UtcDateTime),
     PrimaryKeyConstraint("account_id", "sequence"),
     UniqueConstraint("account_id", "previous_sha256", name="uq_evidence_manifests_predecessor"),
-)
-
-# Requests coalesced into a run in flight (RunJoined); `published_state` is the run state whose RunCompleted was
-# published for the request (COMPLETE after INCOMPLETE is published again).
-run_requests = Table(
-    "evidence_run_requests",
-    metadata,
-    Column("run_id", String(64), nullable=False),
-    Column("request_id", String(128), nullable=False),
-    Column("requested_by", Text, nullable=False),
-    Column("requested_at", UtcDateTime, nullable=False),
-    Column("joined_at", UtcDateTime, nullable=False),
-    Column("published_state", String(16)),
-    PrimaryKeyConstraint("run_id", "request_id"),
 )
 
 chain_heads = Table(
@@ -623,44 +608,6 @@ class EvidenceStore:
         )
         return [StatusCount(r.check_id, Status(r.status), int(r.n)) for r in rows]
 
-    async def save_join(self, joined: RunJoined) -> None:
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                self._insert(run_requests)
-                .values(
-                    run_id=joined.run_id,
-                    request_id=joined.request_id,
-                    requested_by=joined.requested_by,
-                    requested_at=joined.requested_at,
-                    joined_at=joined.joined_at,
-                    published_state=None,
-                )
-                .on_conflict_do_nothing(index_elements=["run_id", "request_id"])
-            )
-
-    async def joiners_owed(self, run_id: str) -> list[str]:
-        """Joined requests of a final run whose RunCompleted for the run's current state is not published yet."""
-        query = (
-            select(run_requests.c.request_id)
-            .select_from(run_requests.join(runs, runs.c.run_id == run_requests.c.run_id))
-            .where(
-                run_requests.c.run_id == run_id,
-                runs.c.state.in_(_FINAL_STATES),
-                or_(run_requests.c.published_state.is_(None), run_requests.c.published_state != runs.c.state),
-            )
-            .order_by(run_requests.c.request_id)
-        )
-        async with self._reader.connect() as conn:
-            return [str(r) for r in (await conn.scalars(query)).all()]
-
-    async def mark_join_published(self, run_id: str, request_id: str, state: RunState) -> None:
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                update(run_requests)
-                .where(run_requests.c.run_id == run_id, run_requests.c.request_id == request_id)
-                .values(published_state=state.value)
-            )
-
     async def mark_published(self, run_id: str) -> None:
         async with self._engine.begin() as conn:
             await conn.execute(update(runs).where(runs.c.run_id == run_id).values(completion_published=True))
@@ -1015,29 +962,19 @@ class EvidenceStore:
         return cast(datetime, value)
 
     async def unpublished_runs(self) -> list[str]:
-        """Final runs that still owe a RunCompleted: to their own request, or to a request that joined them."""
-        owes_joiner = (
-            select(run_requests.c.run_id)
-            .where(
-                run_requests.c.run_id == runs.c.run_id,
-                or_(run_requests.c.published_state.is_(None), run_requests.c.published_state != runs.c.state),
-            )
-            .exists()
-        )
         query = (
             select(runs.c.run_id)
-            .where(runs.c.state.in_(_FINAL_STATES), or_(runs.c.completion_published.is_(False), owes_joiner))
+            .where(runs.c.state.in_(_FINAL_STATES), runs.c.completion_published.is_(False))
             .order_by(runs.c.completed_at)
         )
         async with self._reader.connect() as conn:
             return list((await conn.scalars(query)).all())
 
-    async def pending_completion(self, run_id: str, *, published_too: bool = False) -> RunCompleted | None:
-        """The RunCompleted of a finalised run whose completion was not yet published (with `published_too`: also
-        when it was), rebuilt from the row."""
-        query = select(runs).where(runs.c.run_id == run_id, runs.c.state.in_(_FINAL_STATES))
-        if not published_too:
-            query = query.where(runs.c.completion_published.is_(False))
+    async def pending_completion(self, run_id: str) -> RunCompleted | None:
+        """The RunCompleted of a finalised run whose completion was not yet published, rebuilt from the row."""
+        query = select(runs).where(
+            runs.c.run_id == run_id, runs.c.state.in_(_FINAL_STATES), runs.c.completion_published.is_(False)
+        )
         async with self._reader.connect() as conn:
             row = (await conn.execute(query)).one_or_none()
         if row is None:

@@ -9,14 +9,13 @@ from faststream import AckPolicy
 from faststream.nats import NatsMessage
 from pydantic import ValidationError
 
-from services.scheduler.coalesce import Coalescer
 from services.scheduler.cron import CronLoop
 from services.scheduler.planner import Planner
 from shared import subjects
 from shared.aws import AwsClients, TransientAwsError, classify_error
 from shared.connect import check_connection
 from shared.consume import Consumer, Rejected, validation_reason
-from shared.messages import ConnectionTestRequest, ConnectionTestResult, RunCompleted, RunRequested
+from shared.messages import ConnectionTestRequest, ConnectionTestResult, RunRequested
 from shared.nats import durable_subscriber, make_broker, scheduler_consumer
 from shared.service import ServiceApp
 from shared.settings import Settings
@@ -72,14 +71,7 @@ def create_service(settings: Settings, *, url: str, aws: AwsClients | None = Non
     broker = make_broker(url, name="scheduler", settings=settings)
     aws = aws or AwsClients(settings)
     accounts = CallerAccount(aws)
-    coalescer = Coalescer(broker)
-    planner = Planner(
-        broker=broker,
-        settings=settings,
-        known_accounts=accounts,
-        regions=ScanRegions(settings, aws),
-        coalescer=coalescer,
-    )
+    planner = Planner(broker=broker, settings=settings, known_accounts=accounts, regions=ScanRegions(settings, aws))
     spec = scheduler_consumer()
     consumer: Consumer[RunRequested] = Consumer(
         spec=spec,
@@ -115,26 +107,6 @@ def create_service(settings: Settings, *, url: str, aws: AwsClients | None = Non
         result = await check_connection(settings, aws, request.request_id)
         log.info("connection_tested", ok=result.ok, failed=[s.service for s in result.services if not s.connected])
         return result.model_dump_json().encode()
-
-    # Core subscription: a completed run releases its coalescing claim (a missed one expires with the bucket's TTL).
-    @broker.subscriber(
-        subjects.RUNS_COMPLETED,
-        queue="scheduler",
-        ack_policy=AckPolicy.MANUAL,
-        title=f"scheduler:{subjects.RUNS_COMPLETED}",
-        description="Releases a completed run's coalescing claim: identical requests from then on start a new run.",
-    )
-    async def on_run_completed(msg: NatsMessage) -> None:
-        structlog.contextvars.clear_contextvars()
-        try:
-            completed = RunCompleted.model_validate_json(msg.body)
-        except ValidationError as exc:
-            log.warning("run_completed_unreadable", reason=validation_reason(exc))
-            return
-        try:
-            await coalescer.release(completed.run_id)
-        except Exception as exc:  # the claim then expires with the bucket's TTL
-            log.warning("coalescing_release_failed", run_id=completed.run_id, error=f"{type(exc).__name__}: {exc}")
 
     async def resolve_accounts() -> None:
         await accounts()

@@ -11,13 +11,11 @@ from datetime import UTC, datetime, timedelta
 import structlog
 from faststream.nats import NatsBroker, NatsMessage
 
-from services.scheduler.coalesce import Coalescer, coalesce_key
 from shared import subjects
 from shared.consume import Delivery, Rejected
 from shared.messages import (
     CheckRequested,
     PlannedCheck,
-    RunJoined,
     RunPlanned,
     RunRejected,
     RunRequested,
@@ -42,9 +40,7 @@ class Planner:
         known_accounts: AccountResolver,
         regions: RegionResolver,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        coalescer: Coalescer | None = None,
     ) -> None:
-        self._coalescer = coalescer
         self._broker = broker
         self._settings = settings
         self._known_accounts = known_accounts
@@ -62,11 +58,6 @@ class Planner:
             )
         services = sorted(set(request.services), key=list(Service).index) if request.services else list(Service)
         run_id = run_id_for(request.request_id)
-        if self._coalescer is not None:
-            leader = await self._coalescer.leader(coalesce_key(accounts, services), run_id)
-            if leader != run_id:
-                await self._join(request, leader)
-                return
         regions = await self._regions()
         planned_at = self._clock()
         expected = [PlannedCheck(account_id=a, service=s) for a in accounts for s in services]
@@ -111,24 +102,6 @@ class Planner:
             services=[s.value for s in services],
             checks=len(expected),
         )
-
-    async def _join(self, request: RunRequested, run_id: str) -> None:
-        """No second scan: the identical run in flight answers this request too (its RunCompleted, this id)."""
-        joined = RunJoined(
-            run_id=run_id,
-            request_id=request.request_id,
-            requested_by=request.requested_by,
-            requested_at=request.requested_at,
-            joined_at=self._clock(),
-        )
-        await publish_durable(
-            self._broker,
-            subjects.RUNS_JOINED,
-            joined,
-            msg_id=f"joined:{request.request_id}",
-            stream=subjects.STREAM_RUNS,
-        )
-        log.info("run_joined", run_id=run_id, request_id=request.request_id)
 
     async def rejected(self, body: bytes, reason: str) -> None:
         """Answer a refused request on kushim.runs.rejected, echoing its request_id when it can be read."""
