@@ -29,6 +29,8 @@ import structlog
 from botocore.exceptions import BotoCoreError, ClientError
 from faststream.nats import NatsBroker, NatsMessage
 from nats.errors import Error as NatsError
+from nats.js.errors import APIError as JetStreamApiError
+from nats.js.errors import ServiceUnavailableError
 from pydantic import BaseModel, ValidationError
 
 from shared import subjects
@@ -90,7 +92,7 @@ def excerpt(body: bytes) -> str:
     digest = hashlib.sha256(body).hexdigest()[:16]
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return f"<{len(body)} bytes, not JSON, sha256 {digest}>"
     if not isinstance(data, dict):
         return f"<{len(body)} bytes of JSON {type(data).__name__}, sha256 {digest}>"
@@ -155,6 +157,10 @@ def is_outage(exc: BaseException) -> bool:
         seen.add(id(current))
         if isinstance(current, sqlalchemy.exc.DBAPIError):
             return _database_outage(current)
+        if isinstance(current, JetStreamApiError) and not isinstance(current, ServiceUnavailableError):
+            # The JetStream API answered: a 4xx (e.g. a stream or bucket with another configuration) will not go
+            # away by waiting; 5xx and "unavailable" will.
+            return current.code is None or int(current.code) >= 500
         if isinstance(current, _OUTAGE_TYPES):
             return True
         if isinstance(current, ClientError):

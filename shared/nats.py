@@ -54,9 +54,9 @@ class ConsumerSpec:
     scheduler's requests, the evidence service's plans and findings). Any other failure is given up after
     `max_deliver` deliveries and dead-lettered; bad input is dead-lettered at once."""
     dead_letters: bool = True
+    """False for the consumer of the dead letters themselves: what it cannot store is logged, never re-dead-lettered."""
     max_body_bytes: int | None = None
     """Bodies larger than this are rejected (dead-lettered, answered) before they are parsed: outside input."""
-    """False for the consumer of the dead letters themselves: what it cannot store is logged, never re-dead-lettered."""
 
 
 def stream_configs(settings: Settings) -> list[StreamConfig]:
@@ -237,10 +237,18 @@ def durable_subscriber(broker: NatsBroker, spec: ConsumerSpec, *, description: s
         durable=spec.durable,
         pull_sub=PullSub(batch_size=1, timeout=2.0),
         ack_policy=AckPolicy.MANUAL,
+        decoder=raw_body,
         title=f"{spec.durable}:{spec.filter_subject}",
         description=description,
     )
     return decorator  # type: ignore[return-value]
+
+
+async def raw_body(msg: Any) -> Any:
+    """FastStream's default decoder parses JSON bodies before the handler runs: a deeply nested body raised
+    RecursionError there, outside our handler, and was redelivered for ever. The handler gets the bytes untouched
+    and validates them itself (size first, then pydantic, which bounds nesting)."""
+    return msg.body
 
 
 def encode(message: BaseModel) -> bytes:

@@ -105,6 +105,8 @@ class KvSlotClaims:
         record = json.loads(entry.value or b"{}")
         if record.get("published"):
             return False
+        if record.get("owner") == self._owner:
+            return True  # our own claim: our publish failed, this is the retry
         claimed_at = datetime.fromisoformat(record.get("at", now.isoformat()))
         if (now - claimed_at).total_seconds() < STALE_CLAIM_SECONDS:
             return False  # another replica is publishing it right now
@@ -143,7 +145,7 @@ class CronLoop:
     async def publish_slot(self, slot: datetime) -> bool:
         """Claim the slot and publish its RunRequested; False when another replica owns it."""
         if not await self._claims.claim(slot, self._clock()):
-            log.info("scheduled_slot_claimed_elsewhere", slot=slot.isoformat())
+            log.debug("scheduled_slot_claimed_elsewhere", slot=slot.isoformat())
             return False
         request = scheduled_request(slot)
         ack = await publish_durable(
@@ -186,6 +188,18 @@ class CronLoop:
             wait = (slot - self._clock()).total_seconds()
             if wait > 0:
                 await asyncio.sleep(min(wait, 60.0))
+                await self._adopt_orphan()
                 continue
             await self._run_slot(slot)
             slot = next_slot(self._expression, slot, self._timezone)
+
+    async def _adopt_orphan(self) -> None:
+        """About once a minute: a recent slot whose claimer died before publishing is taken over (the claim is stale
+        after STALE_CLAIM_SECONDS); a published or live claim costs one key-value read."""
+        missed = self.missed_slot(self._clock())
+        if missed is None:
+            return
+        try:
+            await self.publish_slot(missed)
+        except Exception as exc:
+            log.warning("schedule_orphan_check_failed", slot=missed.isoformat(), error=f"{type(exc).__name__}: {exc}")

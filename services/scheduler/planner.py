@@ -122,7 +122,7 @@ def _request_id_of(body: bytes) -> str | None:
         return match.group(1).decode() if match else None
     try:
         data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     if isinstance(data, dict):
         value = data.get("request_id")

@@ -8,8 +8,10 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
+from faststream.nats import NatsBroker
 from nats.aio.client import Client as NatsClient
 
 from services.scheduler.cron import SCHEDULE_BUCKET, STALE_CLAIM_SECONDS, CronLoop, next_slot, slot_key
@@ -122,3 +124,54 @@ def test_schedules_follow_their_time_zone_and_its_daylight_saving() -> None:
 def test_unknown_time_zone_is_refused(make_settings: Callable[..., Settings]) -> None:
     with pytest.raises(ValueError, match="not an IANA time zone"):
         make_settings(schedule_timezone="Mars/Olympus")
+
+
+class _FailingOnce(NatsBroker):
+    """A broker whose first publish fails (a NATS leader election at 02:00)."""
+
+    failures = 1
+
+    async def publish(self, *args: Any, **kwargs: Any) -> Any:
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("nats restarting (injected)")
+        return await super().publish(*args, **kwargs)
+
+
+async def test_a_publish_that_fails_after_the_claim_is_retried_by_the_claimer(
+    nats_server: EmbeddedNats, nc: NatsClient
+) -> None:
+    broker = _FailingOnce(nats_server.url)
+    await broker.connect()
+    try:
+        loop = CronLoop(broker=broker, expression="0 2 * * *", retry_seconds=0)
+        await asyncio.wait_for(loop._run_slot(SLOT), timeout=10)
+        assert broker.failures == 0
+        assert await _requests(nc) == ["schedule-20261127T0200Z"]
+    finally:
+        await broker.stop()
+
+
+async def test_another_replica_adopts_a_slot_whose_claimer_died(
+    nats_server: EmbeddedNats, settings: Settings, nc: NatsClient
+) -> None:
+    """The claimer died after claiming (no publish): a running replica's minute check takes the slot over once the
+    claim is stale."""
+    broker = make_broker(nats_server.url, name="survivor", settings=settings)
+    await broker.connect()
+    try:
+        kv = await broker.key_value(SCHEDULE_BUCKET)
+        died_at = SLOT + timedelta(seconds=30)  # the claim is 9.5 minutes old at the survivor's clock
+        claim = {"owner": "dead", "at": died_at.isoformat(), "published": False}
+        await kv.create(slot_key(SLOT), json.dumps(claim).encode())
+        survivor = CronLoop(
+            broker=broker,
+            expression="0 2 * * *",
+            catch_up_seconds=6 * 3600,
+            clock=_fixed(SLOT + timedelta(minutes=10)),
+        )
+        await survivor._adopt_orphan()
+        await survivor._adopt_orphan()  # published now: nothing more
+        assert await _requests(nc) == ["schedule-20261127T0200Z"]
+    finally:
+        await broker.stop()

@@ -112,6 +112,7 @@ async def test_subset_of_services_and_duplicate_request_plan_once(scheduler: Ser
         (request_body("req-bad-account", accounts=["12345678901٣"]), "req-bad-account", "accounts"),
         (request_body("req-version", schema_version=2), "req-version", "schema_version"),
         (request_body("req-huge", requested_by="x" * 70_000), "req-huge", "exceeds the limit of 65536"),
+        (b"[" * 5000 + b"]" * 5000, None, "invalid message"),  # nesting that breaks a recursive JSON parser
     ],
 )
 async def test_bad_requests_are_rejected_dead_lettered_and_never_scanned(

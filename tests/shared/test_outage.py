@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js.errors import BadRequestError, ServiceUnavailableError
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from shared.aws import TransientAwsError
@@ -57,6 +58,7 @@ def _wrapped(inner: BaseException) -> RuntimeError:
         _pg("40P01", "deadlock detected"),
         _pg("08006", "connection failure"),
         OperationalError("SELECT", {}, sqlite3.OperationalError("disk I/O error")),
+        ServiceUnavailableError(),
     ],
 )
 def test_outages(exc: BaseException) -> None:
@@ -75,6 +77,7 @@ def test_outages(exc: BaseException) -> None:
         _pg("23505", "duplicate key value violates unique constraint"),
         _pg("22P05", "unsupported Unicode escape sequence"),  # a NUL byte in a finding
         OperationalError("INSERT", {}, sqlite3.OperationalError("no such column: sealed")),  # a schema mismatch
+        BadRequestError(code=400, err_code=10058, description="stream name already in use with a different config"),
     ],
 )
 def test_poison(exc: BaseException) -> None:
