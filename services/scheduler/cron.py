@@ -39,18 +39,33 @@ CLAIM_TTL_SECONDS = 40 * 86_400.0
 STALE_CLAIM_SECONDS = 120.0
 
 
+def _repeated_wall_time(slot: datetime, zone: ZoneInfo) -> bool:
+    """True for the second occurrence of a local time that happens twice (the hour clocks go back): cron runs once."""
+    local = slot.astimezone(zone).replace(tzinfo=None)
+    hour_before = (slot - timedelta(hours=1)).astimezone(zone).replace(tzinfo=None)
+    return local == hour_before
+
+
 def next_slot(expression: str, after: datetime, timezone: str = "UTC") -> datetime:
-    """The first slot strictly after `after`, in UTC (the expression read in `timezone`)."""
-    local = after.astimezone(ZoneInfo(timezone))
-    return croniter(expression, local).get_next(datetime).astimezone(UTC)
+    """The first slot strictly after `after`, in UTC (the expression read in `timezone`, each wall time once)."""
+    zone = ZoneInfo(timezone)
+    slot = croniter(expression, after.astimezone(zone)).get_next(datetime).astimezone(UTC)
+    while _repeated_wall_time(slot, zone):
+        slot = croniter(expression, slot.astimezone(zone)).get_next(datetime).astimezone(UTC)
+    return slot
 
 
 def previous_slot(expression: str, before: datetime, timezone: str = "UTC") -> datetime:
-    """The latest slot at or before `before`, in UTC."""
-    local = before.astimezone(ZoneInfo(timezone))
+    """The latest slot at or before `before`, in UTC (each wall time once)."""
+    zone = ZoneInfo(timezone)
+    local = before.astimezone(zone)
     if croniter.match(expression, local.replace(second=0, microsecond=0)) and local.second == 0 == local.microsecond:
-        return local.astimezone(UTC)
-    return croniter(expression, local).get_prev(datetime).astimezone(UTC)
+        slot = local.astimezone(UTC)
+    else:
+        slot = croniter(expression, local).get_prev(datetime).astimezone(UTC)
+    while _repeated_wall_time(slot, zone):
+        slot = croniter(expression, slot.astimezone(zone)).get_prev(datetime).astimezone(UTC)
+    return slot
 
 
 def slot_request_id(slot: datetime) -> str:

@@ -14,7 +14,7 @@ import pytest
 from faststream.nats import NatsBroker
 from nats.aio.client import Client as NatsClient
 
-from services.scheduler.cron import SCHEDULE_BUCKET, STALE_CLAIM_SECONDS, CronLoop, next_slot, slot_key
+from services.scheduler.cron import SCHEDULE_BUCKET, STALE_CLAIM_SECONDS, CronLoop, next_slot, previous_slot, slot_key
 from shared import subjects
 from shared.embedded import EmbeddedNats
 from shared.nats import declare_topology, make_broker
@@ -175,3 +175,19 @@ async def test_another_replica_adopts_a_slot_whose_claimer_died(
         assert await _requests(nc) == ["schedule-20261127T0200Z"]
     finally:
         await broker.stop()
+
+
+def test_the_hour_that_happens_twice_runs_once_and_the_missing_hour_runs_after_it() -> None:
+    """Europe/Berlin, 2026-10-25: 02:00-03:00 happens twice (CEST, then CET); 2026-03-29: 02:00-03:00 never happens."""
+    expression = "30 2 * * *"
+    autumn = [datetime(2026, 10, 24, 12, 0, tzinfo=UTC)]
+    for _ in range(3):
+        autumn.append(next_slot(expression, autumn[-1], "Europe/Berlin"))
+    assert autumn[1:] == [
+        datetime(2026, 10, 25, 0, 30, tzinfo=UTC),  # 02:30 CEST, once
+        datetime(2026, 10, 26, 1, 30, tzinfo=UTC),  # 02:30 CET the next day
+        datetime(2026, 10, 27, 1, 30, tzinfo=UTC),
+    ]
+    assert previous_slot(expression, datetime(2026, 10, 25, 2, 0, tzinfo=UTC), "Europe/Berlin") == autumn[1]
+    spring = next_slot(expression, datetime(2026, 3, 28, 12, 0, tzinfo=UTC), "Europe/Berlin")
+    assert spring.date() == datetime(2026, 3, 29, tzinfo=UTC).date()  # the day still gets its run
