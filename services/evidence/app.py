@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
 import nats
@@ -23,6 +23,7 @@ import structlog
 from faststream import AckPolicy
 from faststream.nats import NatsBroker, NatsMessage
 from nats.aio.client import Client as NatsClient
+from pydantic import BaseModel
 
 from services.evidence.document import EvidenceDocument, build_document
 from services.evidence.manifest import GENESIS_SHA256, manifest_parts
@@ -298,6 +299,25 @@ class EvidenceService:
             await asyncio.sleep(self.settings.deadline_poll_seconds)
 
 
+def _reply_subscriber(
+    broker: NatsBroker, subject: str, answer: Callable[[bytes], Awaitable[BaseModel]], description: str
+) -> None:
+    """A core (non-JetStream) request/reply subscription in the `evidence` queue group. FastStream accepts only MANUAL
+    there (any other policy warns), and a core message has nothing to ack. The reply is the handler's return value."""
+
+    @broker.subscriber(
+        subject,
+        queue=REPORT_QUEUE,
+        ack_policy=AckPolicy.MANUAL,
+        title=f"{SERVICE_NAME}:{subject}",
+        description=description,
+    )
+    async def on_request(msg: NatsMessage) -> bytes:
+        structlog.contextvars.clear_contextvars()
+        page = await answer(msg.body)
+        return page.model_dump_json().encode()
+
+
 def _finite(value: object) -> bool:
     """JSON has no NaN or Infinity: evidence documents must stay valid JSON."""
     if isinstance(value, float):
@@ -368,43 +388,24 @@ def create_evidence(
     async def on_dead_letter(msg: NatsMessage) -> None:
         await letters(msg)
 
-    # A core (non-JetStream) subscription: FastStream accepts only MANUAL there (any other policy warns), and a core
-    # message has nothing to ack. The reply is the handler's return value.
-    @broker.subscriber(
-        subjects.REPORT_REQUEST,
-        queue=REPORT_QUEUE,
-        ack_policy=AckPolicy.MANUAL,
-        title=f"{SERVICE_NAME}:{subjects.REPORT_REQUEST}",
-        description="Answers a ReportRequest with one ReportPage (run summary, services, one page of findings).",
-    )
-    async def on_report_request(msg: NatsMessage) -> bytes:
-        structlog.contextvars.clear_contextvars()
-        page = await service.reports.answer(msg.body)
-        return page.model_dump_json().encode()
-
-    @broker.subscriber(
-        subjects.RUNS_REQUEST,
-        queue=REPORT_QUEUE,
-        ack_policy=AckPolicy.MANUAL,
-        title=f"{SERVICE_NAME}:{subjects.RUNS_REQUEST}",
-        description="Answers a RunsRequest with a RunsPage: runs newest first, with their verdicts and counts.",
-    )
-    async def on_runs_request(msg: NatsMessage) -> bytes:
-        structlog.contextvars.clear_contextvars()
-        page = await service.reports.runs(msg.body)
-        return page.model_dump_json().encode()
-
-    @broker.subscriber(
-        subjects.HISTORY_REQUEST,
-        queue=REPORT_QUEUE,
-        ack_policy=AckPolicy.MANUAL,
-        title=f"{SERVICE_NAME}:{subjects.HISTORY_REQUEST}",
-        description="Answers a HistoryRequest with a HistoryPage: resources that started or stopped failing per run.",
-    )
-    async def on_history_request(msg: NatsMessage) -> bytes:
-        structlog.contextvars.clear_contextvars()
-        page = await service.reports.history(msg.body)
-        return page.model_dump_json().encode()
+    for subject, answer, description in (
+        (
+            subjects.REPORT_REQUEST,
+            service.reports.answer,
+            "Answers a ReportRequest with one ReportPage (run summary, services, one page of findings).",
+        ),
+        (
+            subjects.RUNS_REQUEST,
+            service.reports.runs,
+            "Answers a RunsRequest with a RunsPage: runs newest first, with their verdicts and counts.",
+        ),
+        (
+            subjects.HISTORY_REQUEST,
+            service.reports.history,
+            "Answers a HistoryRequest with a HistoryPage: resources that started or stopped failing per run.",
+        ),
+    ):
+        _reply_subscriber(broker, subject, answer, description)
 
     app = ServiceApp(
         name=SERVICE_NAME,

@@ -11,14 +11,15 @@ follows `next_page` with the reply's `page_size`.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import TypeVar
 
 import structlog
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from services.evidence.history import changes
 from services.evidence.store import EvidenceStore, ResourceStatus, StoredRun
-from shared.consume import validation_reason
+from shared.consume import describe_failure, validation_reason
 from shared.messages import (
     Finding,
     HistoryEntry,
@@ -44,17 +45,13 @@ class Reports:
         self._budget = budget
 
     async def answer(self, body: bytes) -> ReportPage:
-        try:
-            request = ReportRequest.model_validate_json(body)
-        except ValidationError as exc:
-            reason = validation_reason(exc)
-            log.warning("report_request_invalid", reason=reason)
-            return ReportPage(ok=False, error=reason)
-        try:
-            return await self.page(request)
-        except Exception as exc:
-            log.error("report_failed", error=f"{type(exc).__name__}: {exc}", run_id=request.run_id)
-            return ReportPage(ok=False, error="the report could not be built; see the evidence service log")
+        return await _reply(body, ReportRequest, ReportPage, self.page, "report")
+
+    async def runs(self, body: bytes) -> RunsPage:
+        return await _reply(body, RunsRequest, RunsPage, self._runs, "runs")
+
+    async def history(self, body: bytes) -> HistoryPage:
+        return await _reply(body, HistoryRequest, HistoryPage, self._history, "history")
 
     async def page(self, request: ReportRequest) -> ReportPage:
         by_id = request.run_id is not None or request.request_id is not None
@@ -91,23 +88,13 @@ class Reports:
                 return size
         return 1
 
-    async def runs(self, body: bytes) -> RunsPage:
-        try:
-            request = RunsRequest.model_validate_json(body)
-        except ValidationError as exc:
-            reason = validation_reason(exc)
-            log.warning("runs_request_invalid", reason=reason)
-            return RunsPage(ok=False, error=reason)
-        try:
-            rows = await self._store.list_runs(
-                account_id=request.account_id,
-                limit=request.limit,
-                before=request.before,
-                before_run_id=request.before_run_id,
-            )
-        except Exception as exc:
-            log.error("runs_failed", error=f"{type(exc).__name__}: {exc}")
-            return RunsPage(ok=False, error="the run list could not be read; see the evidence service log")
+    async def _runs(self, request: RunsRequest) -> RunsPage:
+        rows = await self._store.list_runs(
+            account_id=request.account_id,
+            limit=request.limit,
+            before=request.before,
+            before_run_id=request.before_run_id,
+        )
         entries = [
             RunListEntry(
                 run=summary_of(row.run),
@@ -124,19 +111,6 @@ class Reports:
             next_before=last.requested_at if last else None,
             next_before_run_id=last.run_id if last else None,
         )
-
-    async def history(self, body: bytes) -> HistoryPage:
-        try:
-            request = HistoryRequest.model_validate_json(body)
-        except ValidationError as exc:
-            reason = validation_reason(exc)
-            log.warning("history_request_invalid", reason=reason)
-            return HistoryPage(ok=False, error=reason)
-        try:
-            return await self._history(request)
-        except Exception as exc:
-            log.error("history_failed", error=f"{type(exc).__name__}: {exc}", account_id=request.account_id)
-            return HistoryPage(ok=False, error="the history could not be built; see the evidence service log")
 
     async def _history(self, request: HistoryRequest) -> HistoryPage:
         account = request.account_id
@@ -166,6 +140,27 @@ class Reports:
                 )
             entries.append(entry)
         return HistoryPage(ok=True, account_id=account, entries=entries)
+
+
+Req = TypeVar("Req", bound=BaseModel)
+Page = TypeVar("Page", bound=BaseModel)
+
+
+async def _reply(
+    body: bytes, request_model: type[Req], page_model: type[Page], build: Callable[[Req], Awaitable[Page]], what: str
+) -> Page:
+    """Validate a request and build its reply; never raise: an invalid request or a failure is an `ok: false` page."""
+    try:
+        request = request_model.model_validate_json(body)
+    except ValidationError as exc:
+        reason = validation_reason(exc)
+        log.warning(f"{what}_request_invalid", reason=reason)
+        return page_model(ok=False, error=reason)
+    try:
+        return await build(request)
+    except Exception as exc:
+        log.error(f"{what}_failed", error=describe_failure(exc))
+        return page_model(ok=False, error=f"the {what} could not be built; see the evidence service log")
 
 
 def summary_of(run: StoredRun) -> RunSummary:

@@ -20,6 +20,14 @@ from shared.embedded import EmbeddedNats
 from shared.settings import Settings
 
 
+def _store_with_directory(database_url: str) -> EvidenceStore:
+    """A store on an empty database whose SQLite directory exists (what `migrate()` would create)."""
+    store = EvidenceStore(database_url)
+    if store.dialect == "sqlite":
+        Path(str(make_url(database_url).database)).parent.mkdir(parents=True)
+    return store
+
+
 def _diff(conn: Connection) -> list[object]:
     opts = {"compare_type": True, "render_as_batch": True, "version_table": migrate.VERSION_TABLE}
     ctx = MigrationContext.configure(conn, opts=opts)
@@ -79,9 +87,7 @@ async def test_older_empty_and_newer_schemas_are_refused(database_url: str) -> N
 
 async def test_database_from_before_migrations_is_adopted(database_url: str) -> None:
     """Tables created without Alembic (the schema of revision 0001) are stamped 0001, then upgraded."""
-    store = EvidenceStore(database_url)
-    if store.dialect == "sqlite":
-        Path(str(make_url(database_url).database)).parent.mkdir(parents=True)
+    store = _store_with_directory(database_url)
     try:
         async with store.engine.begin() as conn:
             await conn.run_sync(_to("0001"))
@@ -115,9 +121,7 @@ async def _sql(store: EvidenceStore, *statements: str) -> None:
 
 async def test_another_applications_alembic_version_is_left_alone(database_url: str) -> None:
     """A database shared with another Alembic application: its `alembic_version` says nothing about Kushim."""
-    store = EvidenceStore(database_url)
-    if store.dialect == "sqlite":
-        Path(str(make_url(database_url).database)).parent.mkdir(parents=True)
+    store = _store_with_directory(database_url)
     try:
         await _sql(
             store,
@@ -135,9 +139,7 @@ async def test_another_applications_alembic_version_is_left_alone(database_url: 
 
 
 async def test_a_database_of_an_earlier_kushim_with_alembic_default_table_is_adopted(database_url: str) -> None:
-    store = EvidenceStore(database_url)
-    if store.dialect == "sqlite":
-        Path(str(make_url(database_url).database)).parent.mkdir(parents=True)
+    store = _store_with_directory(database_url)
     try:
         await store.migrate()
         await _sql(
@@ -153,9 +155,7 @@ async def test_a_database_of_an_earlier_kushim_with_alembic_default_table_is_ado
 
 
 async def test_a_development_schema_is_refused_not_adopted(database_url: str) -> None:
-    store = EvidenceStore(database_url)
-    if store.dialect == "sqlite":
-        Path(str(make_url(database_url).database)).parent.mkdir(parents=True)
+    store = _store_with_directory(database_url)
     try:
         async with store.engine.begin() as conn:
             await conn.run_sync(_to("0001"))
