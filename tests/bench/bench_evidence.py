@@ -95,6 +95,7 @@ from shared.messages import (
     run_id_for,
 )
 from shared.settings import Settings
+from tests.bench.procs import kushim_command, mib, process_cpu, status_kib, thread_cpu
 
 REGION = "us-east-1"
 EVIDENCE_BUCKET = "kushim-evidence-storage-bench"
@@ -104,7 +105,6 @@ POSTGRES_ENV = ("KUSHIM_BENCH_POSTGRES_DSN", "KUSHIM_TEST_POSTGRES_DSN")
 TARGET_FINDINGS_PER_SECOND = 20_000
 DEFAULT_CHUNK_BYTES: int = Settings.model_fields["chunk_max_bytes"].default
 RUN_DEADLINE_SECONDS = 3600.0
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 FINDINGS_DURABLE = (subjects.STREAM_FINDINGS, subjects.DURABLE_EVIDENCE_FINDINGS)
 PLANS_DURABLE = (subjects.STREAM_RUNS, subjects.DURABLE_EVIDENCE_PLANS)
 CHECKS: dict[str, CheckInfo] = catalog_by_id()
@@ -413,14 +413,11 @@ async def postgres_database(dsn: str) -> AsyncIterator[str]:
 
 
 async def prepare_schema(url: str) -> str:
-    """Bring the database to the service's schema the way an operator would before starting the service: the
-    store's `migrate()` when it has one (Alembic), otherwise nothing (the service creates its tables at start)."""
+    """Bring the database to the service's schema the way an operator would before starting the service
+    (`kushim db upgrade`): `kushim serve evidence` refuses an unmigrated database."""
     store = EvidenceStore(url)
     try:
-        migrate: Callable[[], Awaitable[None]] | None = getattr(store, "migrate", None)
-        if migrate is None:
-            return "tables created by the service at start (create_schema)"
-        await migrate()
+        await store.migrate()
         return "EvidenceStore.migrate() before start"
     finally:
         await store.close()
@@ -429,41 +426,6 @@ async def prepare_schema(url: str) -> str:
 # ---------------------------------------------------------------------------------------------
 # Processes: `kushim serve evidence`, CPU time and peak RSS from /proc
 # ---------------------------------------------------------------------------------------------
-
-
-def _cpu_of(stat: Path) -> float | None:
-    """utime + stime of a process or thread (`/proc/.../stat` fields 14 and 15), in seconds."""
-    try:
-        fields = stat.read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def process_cpu(pid: int) -> float | None:
-    return _cpu_of(Path(f"/proc/{pid}/stat"))
-
-
-def thread_cpu(pid: int, tid: int) -> float | None:
-    return _cpu_of(Path(f"/proc/{pid}/task/{tid}/stat"))
-
-
-def peak_rss_kib(pid: int) -> int | None:
-    """VmHWM: the process's peak resident set size so far."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1])
-    except OSError:
-        return None
-    return None
-
-
-def kushim_command() -> list[str]:
-    script = Path(sys.executable).parent / "kushim"
-    if script.exists():
-        return [str(script), "serve", "evidence"]
-    return [sys.executable, "-m", "services.cli.main", "serve", "evidence"]
 
 
 @dataclass(frozen=True)
@@ -537,7 +499,7 @@ def start_service(home: Path, nats_url: str, database_url: str, s3: S3Target | N
     log_path = home / "evidence.log"
     with log_path.open("wb") as log_file:
         process = subprocess.Popen(
-            kushim_command(),
+            kushim_command("evidence"),
             stdout=log_file,
             stderr=subprocess.STDOUT,
             env=service_env(home, nats_url, database_url, s3),
@@ -979,7 +941,9 @@ async def run_scenario(
                             break
                 finally:
                     await db.close()
-                peaks = [peak for peak in (peak_rss_kib(process.pid) for process in processes) if peak is not None]
+                peaks = [
+                    peak for peak in (status_kib(process.pid, "VmHWM") for process in processes) if peak is not None
+                ]
                 result.peak_rss_kib = max(peaks) if peaks else None
                 await driver.close()
                 driver = None
@@ -1371,10 +1335,6 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return f"{value:,.{digits}f}" if digits == 0 else f"{value:.{digits}f}"
 
 
-def _mib(kib: int | None) -> str:
-    return "-" if kib is None else f"{kib / 1024:.0f}"
-
-
 def findings_table(results: Sequence[ScenarioResult]) -> str:
     header = (
         "| database | findings | pairs | chunks (findings/chunk) | all rows committed, median (s) | runs (s) "
@@ -1396,7 +1356,7 @@ def findings_table(results: Sequence[ScenarioResult]) -> str:
             f"({result.findings / run.chunks:.0f}) | {_fmt(rows)} | {runs} | {_fmt(rate, 0)} | {_fmt(chunks, 0)} "
             f"| {_fmt(result.median('completed_seconds'))} | {_fmt(result.median('service_cpu_seconds'))} / "
             f"{_fmt(result.median('service_loop_cpu_seconds'))} | {_fmt(result.median('nats_cpu_seconds'))} "
-            f"| {_mib(result.peak_rss_kib)} | {verdict} |"
+            f"| {mib(result.peak_rss_kib)} | {verdict} |"
         )
     return "\n".join(lines)
 
@@ -1418,7 +1378,7 @@ def upload_table(results: Sequence[ScenarioResult]) -> str:
             f"| {_fmt(result.median('completed_seconds'))} | {runs} | {_fmt(result.median('documents_per_second'), 1)} "
             f"| {_fmt(result.median('objects_uploaded'), 0)} | {_fmt(result.median('objects_per_second'), 1)} "
             f"| {_fmt(result.median('service_cpu_seconds'))} / {_fmt(result.median('service_loop_cpu_seconds'))} "
-            f"| {_mib(result.peak_rss_kib)} |"
+            f"| {mib(result.peak_rss_kib)} |"
         )
     return "\n".join(lines)
 

@@ -51,10 +51,12 @@ from pathlib import Path
 from typing import Any
 
 from services.cli.client import CouldNotRun, KushimClient, Report, run_check
+from services.evidence.store import EvidenceStore
 from shared.embedded import EmbeddedNats, start_nats
 from shared.messages import ReportRequest, RunState, Service, Status
 from shared.nats import all_consumers
 from tests.bench.moto_counting import MotoChild, counting_moto, fetch_calls, reset_calls
+from tests.bench.procs import kushim_command, mib, process_cpu, status_kib
 
 REGION = "us-east-1"
 EVIDENCE_BUCKET = "kushim-evidence-storage-bench"
@@ -325,30 +327,6 @@ def seed_account(endpoint: str, *, users: int, buckets: int, threads: int) -> Se
 # Processes: memory and CPU from /proc
 # ---------------------------------------------------------------------------------------------
 
-_CLOCK_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-
-
-def proc_status_kib(pid: int, field_name: str) -> int | None:
-    """A `kB` field of /proc/<pid>/status (VmRSS: now, VmHWM: peak so far); None once the process is gone."""
-    try:
-        with open(f"/proc/{pid}/status") as status:
-            for line in status:
-                if line.startswith(field_name + ":"):
-                    return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def proc_cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of a process (/proc/<pid>/stat utime and stime)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
-
 
 class RssSampler:
     """Samples VmRSS of named processes in a thread; `window()` gives the peak since the last `start_window()`."""
@@ -375,7 +353,7 @@ class RssSampler:
             self.sample()
 
     def sample(self) -> None:
-        values = {name: proc_status_kib(pid, "VmRSS") for name, pid in self._pids.items()}
+        values = {name: status_kib(pid, "VmRSS") for name, pid in self._pids.items()}
         with self._lock:
             self.samples += 1
             for name, value in values.items():
@@ -414,13 +392,6 @@ class ServiceProcess:
         return ""
 
 
-def kushim_command(service: str) -> list[str]:
-    script = Path(sys.executable).parent / "kushim"
-    if script.exists():
-        return [str(script), "serve", service]
-    return [sys.executable, "-m", "services.cli.main", "serve", service]
-
-
 def service_env(
     service: str, *, home: Path, nats_url: str, endpoint: str, database: Path, concurrency: int | None
 ) -> dict[str, str]:
@@ -449,6 +420,14 @@ def service_env(
     if concurrency is not None:
         env["KUSHIM_AWS_CONCURRENCY"] = str(concurrency)
     return env
+
+
+async def migrate_evidence_database(database: Path) -> None:
+    store = EvidenceStore(f"sqlite+aiosqlite:///{database}")
+    try:
+        await store.migrate()
+    finally:
+        await store.close()
 
 
 def start_services(
@@ -662,7 +641,7 @@ def read_timeline(database: Path, run_id: str) -> tuple[dict[str, float | None],
 
 
 def _cpu(pids: dict[str, int]) -> dict[str, float | None]:
-    return {name: proc_cpu_seconds(pid) for name, pid in pids.items()}
+    return {name: process_cpu(pid) for name, pid in pids.items()}
 
 
 def summarize_report(report: Report) -> dict[str, Any]:
@@ -897,7 +876,7 @@ async def _bench_stack(
             run.report_fetch_seconds = time.perf_counter() - t0
     finally:
         await client.close()
-    hwm = {name: peak for name, pid in pids.items() if (peak := proc_status_kib(pid, "VmHWM")) is not None}
+    hwm = {name: peak for name, pid in pids.items() if (peak := status_kib(pid, "VmHWM")) is not None}
     return stack_start, warmup, runs, hwm, run_peaks
 
 
@@ -921,10 +900,11 @@ def bench_size(
         print(f"  seeding {users} users, {buckets} buckets, {len(TRAILS)} trails ...", file=sys.stderr)
         seed = seed_account(moto.endpoint, users=users, buckets=buckets, threads=threads)
         print(f"  seeded in {seed.seconds:.1f}s ({seed.calls} calls)", file=sys.stderr)
-        rss_after_seed = {"moto": proc_status_kib(moto.pid, "VmRSS") or 0}
+        rss_after_seed = {"moto": status_kib(moto.pid, "VmRSS") or 0}
         nats = start_nats(tmp / "jetstream")
         stack.callback(nats.stop)
         database = tmp / "kushim.db"
+        asyncio.run(migrate_evidence_database(database))  # `kushim db upgrade`: `serve evidence` refuses an empty one
         services = start_services(
             tmp, nats_url=nats.url, endpoint=moto.endpoint, database=database, concurrency=concurrency
         )
@@ -987,10 +967,6 @@ def _rmtree(path: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _mib(kib: int | None) -> str:
-    return "-" if kib is None else f"{kib / 1024:.0f}"
-
-
 def _median_run(result: SizeResult) -> RunResult:
     """The measured run with the median wall time (the lower middle one for an even count)."""
     ordered = sorted(result.runs, key=lambda run: run.wall_seconds)
@@ -1014,7 +990,7 @@ def main_table(results: Sequence[SizeResult]) -> str:
         by_service = run.calls_by_service()
         calls = " / ".join(str(by_service.get(service, 0)) for service in AWS_SERVICES)
         errors = ", ".join(f"`{check}` {n}" for check, n in run.error_checks.items()) or "none"
-        peaks = " / ".join(_mib(result.peak_rss_kib.get(name)) for name in SERVICE_NAMES)
+        peaks = " / ".join(mib(result.peak_rss_kib.get(name)) for name in SERVICE_NAMES)
         target = result.target
         collector_rss = all(result.peak_rss_kib.get(name, 0) / 1024 < COLLECTOR_RSS_TARGET_MIB for name in COLLECTORS)
         if target is None:
