@@ -10,7 +10,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.table import Table
@@ -20,7 +20,7 @@ from services.cli.client import CouldNotRun, KushimClient
 from services.cli.common import Output, broker_url, err, load_settings, out
 from services.cli.export import ExportFormat, render_export
 from shared.log import configure_logging
-from shared.messages import HistoryPage, HistoryRequest, ResourceChange, RunsPage, RunsRequest, Status
+from shared.messages import HistoryPage, HistoryRequest, ResourceChange, RunsPage, RunsRequest, RunSummary, Status
 
 T = TypeVar("T")
 
@@ -44,6 +44,23 @@ def _ask(call: Callable[[KushimClient], Awaitable[T]]) -> T:
         raise typer.Exit(render.EXIT_COULD_NOT_RUN) from None
 
 
+R = TypeVar("R", RunsRequest, HistoryRequest)
+
+
+def _request(model: type[R], account: str | None, *, limit: int) -> R:
+    """The request, or exit 2 with a message when --account is not an account id."""
+    fields: dict[str, Any] = {"account_id": account, "limit": limit}
+    try:
+        return model(**fields)
+    except ValueError:
+        err.print(f"[red]--account {account!r} is not a 12-digit AWS account id[/red]")
+        raise typer.Exit(render.EXIT_USAGE) from None
+
+
+def _verdicts(run: RunSummary) -> str:
+    return ", ".join(f"{c.value} {v.status.value}" for c, v in sorted(run.controls.items())) or "-"
+
+
 def _counts(by_status: dict[Status, int]) -> str:
     return " / ".join(f"{by_status.get(s, 0)} {s.value}" for s in (Status.FAIL, Status.ERROR, Status.PASS))
 
@@ -54,11 +71,7 @@ def runs(
     output: Annotated[Output, typer.Option("--output", "-o", help="table or json.")] = Output.table,
 ) -> None:
     """List runs, newest first: state, control verdicts and findings counts."""
-    try:
-        request = RunsRequest(account_id=account, limit=limit)
-    except ValueError:
-        err.print(f"[red]--account {account!r} is not a 12-digit AWS account id[/red]")
-        raise typer.Exit(render.EXIT_USAGE) from None
+    request = _request(RunsRequest, account, limit=limit)
     page: RunsPage = _ask(lambda c: c.runs(request))
     if output is Output.json:
         out.print_json(page.model_dump_json())
@@ -71,13 +84,12 @@ def runs(
         table.add_column(column, overflow="fold")
     for entry in page.runs:
         run = entry.run
-        controls = ", ".join(f"{c.value} {v.status.value}" for c, v in sorted(run.controls.items()))
         table.add_row(
             f"{run.requested_at:%Y-%m-%d %H:%M}",
             run.run_id,
             run.state.value,
             ", ".join(entry.accounts),
-            controls or "-",
+            _verdicts(run),
             _counts(entry.findings_by_status),
         )
     out.print(table)
@@ -95,20 +107,15 @@ def history(
     output: Annotated[Output, typer.Option("--output", "-o", help="table or json.")] = Output.table,
 ) -> None:
     """What changed between an account's consecutive runs: resources that started or stopped failing."""
-    try:
-        request = HistoryRequest(account_id=account, limit=limit)
-    except ValueError:
-        err.print(f"[red]--account {account!r} is not a 12-digit AWS account id[/red]")
-        raise typer.Exit(render.EXIT_USAGE) from None
+    request = _request(HistoryRequest, account, limit=limit)
     page: HistoryPage = _ask(lambda c: c.history(request))
     if output is Output.json:
         out.print_json(page.model_dump_json())
         return
     for entry in page.entries:
         run = entry.run
-        verdicts = ", ".join(f"{c.value} {v.status.value}" for c, v in sorted(run.controls.items())) or "-"
         out.print(
-            f"[bold]{run.requested_at:%Y-%m-%d %H:%M} UTC[/bold] {run.run_id} {run.state.value}: {verdicts}; "
+            f"[bold]{run.requested_at:%Y-%m-%d %H:%M} UTC[/bold] {run.run_id} {run.state.value}: {_verdicts(run)}; "
             f"{_counts(entry.findings_by_status)}"
         )
         if entry.compared_with is None:
