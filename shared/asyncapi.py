@@ -95,6 +95,15 @@ def channels() -> tuple[Channel, ...]:
             stream=subjects.STREAM_RUNS,
         ),
         Channel(
+            subjects.TENANT_RUNS_REQUESTED,
+            RunRequested,
+            "a tenant (kushim.runs.requested.<tenant>; its NATS user may publish on no other run subject)",
+            f"scheduler (durable {subjects.DURABLE_SCHEDULER_TENANTS})",
+            "A tenant's run request: only accounts on the tenant's allow-list in the account registry (none given: "
+            "all of them). Answered on kushim.runs.completed.<tenant> or kushim.runs.rejected.<tenant>.",
+            stream=subjects.STREAM_RUNS,
+        ),
+        Channel(
             subjects.RUNS_PLANNED,
             RunPlanned,
             "scheduler",
@@ -111,11 +120,27 @@ def channels() -> tuple[Channel, ...]:
             stream=subjects.STREAM_RUNS,
         ),
         Channel(
+            f"{subjects.RUNS_COMPLETED}.*",
+            RunCompleted,
+            "evidence",
+            None,
+            "The outcome of a tenant's run, on kushim.runs.completed.<tenant> (only that tenant hears it).",
+            stream=subjects.STREAM_RUNS,
+        ),
+        Channel(
             subjects.RUNS_REJECTED,
             RunRejected,
             "scheduler",
             None,
             "A refused RunRequested with the reason; request_id echoed when readable.",
+            stream=subjects.STREAM_RUNS,
+        ),
+        Channel(
+            f"{subjects.RUNS_REJECTED}.*",
+            RunRejected,
+            "scheduler",
+            None,
+            "A tenant's refused RunRequested, on kushim.runs.rejected.<tenant> (an account outside its allow-list).",
             stream=subjects.STREAM_RUNS,
         ),
         *per_service,

@@ -35,7 +35,9 @@ from shared.settings import Settings
 if TYPE_CHECKING:
     from types_aiobotocore_cloudtrail import CloudTrailClient
     from types_aiobotocore_iam import IAMClient
+    from types_aiobotocore_organizations import OrganizationsClient
     from types_aiobotocore_s3 import S3Client
+    from types_aiobotocore_secretsmanager import SecretsManagerClient
     from types_aiobotocore_sts import STSClient
 
 log = structlog.get_logger(__name__)
@@ -189,6 +191,14 @@ class AwsClients:
     def client(
         self, service: Literal["sts"], region: str | None = ..., counter: ApiCallCounter | None = ...
     ) -> AbstractClientCM[STSClient]: ...
+    @overload
+    def client(
+        self, service: Literal["secretsmanager"], region: str | None = ..., counter: ApiCallCounter | None = ...
+    ) -> AbstractClientCM[SecretsManagerClient]: ...
+    @overload
+    def client(
+        self, service: Literal["organizations"], region: str | None = ..., counter: ApiCallCounter | None = ...
+    ) -> AbstractClientCM[OrganizationsClient]: ...
     @overload
     def client(
         self, service: Literal["ec2"], region: str | None = ..., counter: ApiCallCounter | None = ...

@@ -18,9 +18,10 @@ import structlog
 from faststream.nats import NatsBroker, NatsMessage
 
 from shared import subjects
-from shared.aws import ApiCallCounter, AwsCallError, AwsClients
+from shared.aws import ApiCallCounter, AwsCallError, AwsClients, TransientAwsError, classify_error
 from shared.checks import Check, Outcome, RunContext, build_chunks, evaluate, to_finding
 from shared.consume import Consumer, Delivery, Rejected
+from shared.credentials import AccountAccess, UnregisteredAccount
 from shared.messages import CheckRequested, Finding, Service, Status
 from shared.nats import collector_consumer, durable_subscriber, publish_durable
 from shared.settings import Settings
@@ -48,43 +49,74 @@ class CollectorSpec(Generic[S]):
 
 
 class AccountGuard:
-    """Resolves, once, the account the credentials belong to; a request for any other account is rejected."""
+    """The clients of a requested account, once its credentials are proven to belong to it (sts:GetCallerIdentity,
+    once per account and access): an unregistered account is rejected, a role pointing at another account too."""
 
-    def __init__(self, aws: AwsClients) -> None:
-        self._aws = aws
-        self._account: str | None = None
+    def __init__(self, access: AccountAccess) -> None:
+        self._access = access
+        self._verified: dict[str, AwsClients] = {}
         self._lock = asyncio.Lock()
 
-    async def account(self) -> str:
+    async def clients(self, account_id: str) -> AwsClients:
+        try:
+            aws = await self._access.clients(account_id)
+        except UnregisteredAccount as exc:
+            raise Rejected(f"{exc}; not scanned") from exc
         async with self._lock:
-            if self._account is None:
-                self._account = await self._aws.caller_account()
-            return self._account
+            if self._verified.get(account_id) is aws:
+                return aws
+            try:
+                actual = await aws.caller_account()
+            except Exception as exc:
+                err = classify_error("sts", "GetCallerIdentity", exc)
+                if err.transient:
+                    raise TransientAwsError(f"cannot reach account {account_id}: {err.describe()}") from exc
+                raise AccessFailed(account_id, self._access.describe_access(account_id), err) from exc
+            if actual != account_id:
+                err = AwsCallError(
+                    "sts", "GetCallerIdentity", "WrongAccount", f"they belong to account {actual}", "-", False
+                )
+                raise AccessFailed(account_id, self._access.describe_access(account_id), err)
+            self._verified[account_id] = aws
+            return aws
 
-    async def require(self, account_id: str) -> None:
-        own = await self.account()
-        if account_id != own:
-            raise Rejected(f"account {account_id} is not the account of these credentials ({own}); not scanned")
+
+class AccessFailed(Exception):
+    """The account's credentials could not be obtained or were refused (a role's trust policy or ExternalId, a
+    missing secret): the scan reports ERROR at once rather than retrying what will not change."""
+
+    def __init__(self, account_id: str, access: str, err: AwsCallError) -> None:
+        self.err = AwsCallError(
+            err.service,
+            "Credentials",
+            err.code,
+            f"cannot reach account {account_id} through {access}: {err.code}: {err.message}"[:500],
+            "sts:AssumeRole (trust policy and ExternalId) or the credential source",
+            False,
+        )
+        super().__init__(self.err.message)
 
 
 class CollectorRuntime(Generic[S]):
-    def __init__(
-        self, spec: CollectorSpec[S], *, broker: NatsBroker, aws: AwsClients, settings: Settings, guard: AccountGuard
-    ) -> None:
+    def __init__(self, spec: CollectorSpec[S], *, broker: NatsBroker, settings: Settings, guard: AccountGuard) -> None:
         self.spec = spec
         self._broker = broker
-        self._aws = aws
         self._settings = settings
         self._guard = guard
 
     async def handle(self, request: CheckRequested, delivery: Delivery, msg: NatsMessage) -> None:
         if request.service is not self.spec.service:
             raise Rejected(f"{request.service.value} request on the {self.spec.service.value} collector")
-        await self._guard.require(request.account_id)
+        try:
+            aws = await self._guard.clients(request.account_id)
+        except AccessFailed as exc:
+            log.warning("account_access_failed", code=exc.err.code, reason=exc.err.message)
+            await self._publish_errors(request, delivery.num_delivered, exc.err)
+            return
         started = datetime.now(UTC)
         counter = ApiCallCounter()
         log.info("scan_started", delivery=delivery.num_delivered)
-        snapshot = await self.spec.collect(self._aws, request, counter, self._settings)
+        snapshot = await self.spec.collect(aws, request, counter, self._settings)
         ctx = RunContext(request.run_id, request.account_id, datetime.now(UTC), COLLECTOR_VERSION)
         findings = evaluate(self.spec.checks, snapshot, ctx)
         summary = self.spec.summarize(snapshot)
@@ -96,13 +128,17 @@ class CollectorRuntime(Generic[S]):
         """Last delivery failed: report ERROR findings so the run ends with ERROR rather than silence."""
         if isinstance(exc, Rejected):
             return False
-        ctx = RunContext(request.run_id, request.account_id, datetime.now(UTC), COLLECTOR_VERSION)
         err = AwsCallError(self.spec.service.value, "Scan", type(exc).__name__, str(exc)[:500], "-", True)
+        await self._publish_errors(request, delivery.num_delivered, err)
+        return True
+
+    async def _publish_errors(self, request: CheckRequested, attempt: int, err: AwsCallError) -> None:
+        """One ERROR finding per check for the whole account: the run ends with ERROR rather than silence."""
+        ctx = RunContext(request.run_id, request.account_id, datetime.now(UTC), COLLECTOR_VERSION)
         findings = [
             to_finding(chk.info, Outcome.error("account", "AWS::::Account", err), ctx) for chk in self.spec.checks
         ]
-        await self._publish(request, delivery.num_delivered, findings, Summary({}, {}, []), {}, ctx.observed_at)
-        return True
+        await self._publish(request, attempt, findings, Summary({}, {}, []), {}, ctx.observed_at)
 
     async def _publish(
         self,
@@ -138,10 +174,10 @@ class CollectorRuntime(Generic[S]):
 
 
 def register_collector(
-    broker: NatsBroker, spec: CollectorSpec[S], *, aws: AwsClients, settings: Settings
+    broker: NatsBroker, spec: CollectorSpec[S], *, access: AccountAccess, settings: Settings
 ) -> CollectorRuntime[S]:
     """Wire a collector onto a broker: its durable consumer, handler and dead letters."""
-    runtime = CollectorRuntime(spec, broker=broker, aws=aws, settings=settings, guard=AccountGuard(aws))
+    runtime = CollectorRuntime(spec, broker=broker, settings=settings, guard=AccountGuard(access))
     consumer_spec = collector_consumer(spec.service)
     consumer: Consumer[CheckRequested] = Consumer(
         spec=consumer_spec,

@@ -257,7 +257,7 @@ async def keep_alive(msg: NatsMessage, interval: float) -> AsyncIterator[None]:
 
 
 Handler = Callable[[M, Delivery, NatsMessage], Awaitable[None]]
-OnRejected = Callable[[bytes, str], Awaitable[None]]
+OnRejected = Callable[[bytes, str, Delivery], Awaitable[None]]
 OnExhausted = Callable[[M, Delivery, BaseException], Awaitable[bool]]
 
 
@@ -331,7 +331,7 @@ class Consumer(Generic[M]):
         try:
             await self._dead_letters.write(delivery, body, reason)
             if self._on_rejected is not None:
-                await self._on_rejected(body, reason)
+                await self._on_rejected(body, reason, delivery)
         except Exception as exc:
             log.error("dead_letter_failed", error=str(exc), retry_in=self._settings.retry_delay_seconds)
             await msg.nack(delay=self._settings.retry_delay_seconds)

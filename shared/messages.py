@@ -20,6 +20,7 @@ AccountId = Annotated[str, StringConstraints(pattern=r"^[0-9]{12}$")]
 RequestId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}$")]
 RegionName = Annotated[str, StringConstraints(pattern=r"^[a-z]{2}(-[a-z]+)+-[0-9]$")]
 RunId = Annotated[str, StringConstraints(pattern=r"^run-[0-9a-f]{32}$")]
+TenantName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
 
 _RUN_NAMESPACE = uuid.UUID("5d0f7d0e-3c56-4c0b-9a57-6b7573686d00")
 
@@ -83,7 +84,9 @@ def finding_id_for(account_id: str, run_id: str, check_id: str, resource_id: str
 
 
 class RunRequested(_External):
-    """Ask for a compliance run. Published on `kushim.runs.requested` by the CLI, the cron loop or any system.
+    """Ask for a compliance run. Published on `kushim.runs.requested` by the CLI, the cron loop or a trusted system,
+    or on `kushim.runs.requested.<tenant>` by a tenant (only accounts on its allow-list; the NATS server lets a
+    tenant's user publish on its own subject only, so the subject is the tenant's identity).
 
     The requester also sets the `Nats-Msg-Id` header to `request_id` so a retried publish is deduplicated.
     """
@@ -120,6 +123,9 @@ class RunPlanned(_Internal):
     planned_at: AwareDatetime
     deadline_at: AwareDatetime = Field(description="After this, a run still missing pairs becomes INCOMPLETE.")
     expected: list[PlannedCheck] = Field(min_length=1)
+    tenant: TenantName | None = Field(
+        None, description="The tenant that requested the run (its RunCompleted goes to kushim.runs.completed.<tenant>)."
+    )
 
 
 class CheckRequested(_Internal):
@@ -135,7 +141,7 @@ class CheckRequested(_Internal):
 
 
 class RunRejected(_Internal):
-    """A refused RunRequested, on `kushim.runs.rejected`."""
+    """A refused RunRequested, on `kushim.runs.rejected` (a tenant's on `kushim.runs.rejected.<tenant>`)."""
 
     schema_version: Literal[1] = 1
     request_id: str | None = Field(description="The requester's id when it could be read, else null.")
@@ -153,7 +159,8 @@ class ControlVerdict(_Internal):
 
 
 class RunCompleted(_Internal):
-    """The end of a run, on `kushim.runs.completed`. Findings never travel here: read them with a report request."""
+    """The end of a run, on `kushim.runs.completed` (a tenant's run on `kushim.runs.completed.<tenant>`). Findings
+    never travel here: read them with a report request."""
 
     schema_version: Literal[1] = 1
     run_id: RunId
@@ -164,6 +171,7 @@ class RunCompleted(_Internal):
     findings_total: int
     findings_by_status: dict[Status, int]
     completed_at: AwareDatetime
+    tenant: TenantName | None = Field(None, description="The tenant that requested the run, if any.")
 
 
 # ---------------------------------------------------------------------------------------------

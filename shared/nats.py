@@ -128,6 +128,17 @@ def scheduler_consumer() -> ConsumerSpec:
     )
 
 
+def scheduler_tenant_consumer() -> ConsumerSpec:
+    return ConsumerSpec(
+        subjects.STREAM_RUNS,
+        subjects.DURABLE_SCHEDULER_TENANTS,
+        subjects.TENANT_RUNS_REQUESTED,
+        "Scheduler: tenants' run requests",
+        retry_forever=True,
+        max_body_bytes=MAX_RUN_REQUEST_BYTES,
+    )
+
+
 def evidence_plans_consumer() -> ConsumerSpec:
     return ConsumerSpec(
         subjects.STREAM_RUNS,
@@ -171,6 +182,7 @@ def collector_consumer(service: Service) -> ConsumerSpec:
 def all_consumers() -> list[ConsumerSpec]:
     return [
         scheduler_consumer(),
+        scheduler_tenant_consumer(),
         evidence_plans_consumer(),
         evidence_findings_consumer(),
         evidence_dead_letters_consumer(),

@@ -54,6 +54,12 @@ class Settings(BaseSettings):
         default_factory=_default_home,
         description="Data directory of `kushim up`: database, JetStream store and the state file other commands read.",
     )
+    accounts_file: Path | None = Field(
+        None,
+        description="The account registry (TOML): accounts, their access (default chain, AssumeRole with an "
+        "ExternalId, Secrets Manager), regions, schedules and tenants. Unset: $KUSHIM_HOME/accounts.toml. No file: "
+        "the one account the credentials belong to. Edited by `kushim accounts`; re-read when it changes.",
+    )
     max_deliver: int = Field(5, ge=2, le=20, description="Deliveries of one message before it is dead-lettered.")
     ack_wait_seconds: float = Field(60.0, gt=0, description="Seconds a consumer may hold a message before redelivery.")
     retry_delay_seconds: float = Field(2.0, ge=0, description="Base delay before a failed message is redelivered.")
@@ -140,6 +146,12 @@ class Settings(BaseSettings):
         None, validation_alias="AWS_SESSION_TOKEN", description="AWS_SESSION_TOKEN for temporary credentials."
     )
     aws_profile: str | None = Field(None, validation_alias="AWS_PROFILE", description="AWS_PROFILE to use.")
+    aws_secret_id: str | None = Field(
+        None,
+        description="AWS Secrets Manager secret (name or ARN) holding the access keys as JSON (AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY); read with the default chain (e.g. IRSA) and re-read every 15 minutes. Unset: "
+        "the default chain's own credentials.",
+    )
     aws_endpoint_url: str | None = Field(
         None,
         validation_alias="AWS_ENDPOINT_URL",
@@ -213,6 +225,10 @@ class Settings(BaseSettings):
     def scan_regions(self) -> list[str]:
         """The configured regions (with `all`, the configured AWS region stands in until discovery)."""
         return list(self.regions) if self.regions and not self.all_regions else [self.aws_region]
+
+    @property
+    def registry_path(self) -> Path:
+        return self.accounts_file if self.accounts_file is not None else self.home / "accounts.toml"
 
     @property
     def effective_database_url(self) -> str:

@@ -12,6 +12,8 @@ from shared.messages import Service
 # --- runs (stream KUSHIM_RUNS) -------------------------------------------------------------
 RUNS_REQUESTED: Final = "kushim.runs.requested"
 """Public entry point: another system, the CLI or the cron loop asks for a run (RunRequested)."""
+TENANT_RUNS_REQUESTED: Final = "kushim.runs.requested.*"
+"""A tenant's run requests, `kushim.runs.requested.<tenant>`: only accounts on the tenant's allow-list."""
 RUNS_PLANNED: Final = "kushim.runs.planned"
 """The scheduler's plan for a run: which (account, service) pairs the evidence service must receive."""
 RUNS_COMPLETED: Final = "kushim.runs.completed"
@@ -58,6 +60,25 @@ def findings_subject(service: Service) -> str:
     return f"{FINDINGS_PREFIX}.{service.value}"
 
 
+def tenant_of(subject: str) -> str | None:
+    """The tenant a run request came from: the last token of `kushim.runs.requested.<tenant>`, else None."""
+    prefix = RUNS_REQUESTED + "."
+    return subject[len(prefix) :] if subject.startswith(prefix) else None
+
+
+def tenant_requests_subject(tenant: str) -> str:
+    return f"{RUNS_REQUESTED}.{tenant}"
+
+
+def completed_subject(tenant: str | None) -> str:
+    """Where a run's RunCompleted goes: the tenant's own subject for a tenant's run."""
+    return f"{RUNS_COMPLETED}.{tenant}" if tenant else RUNS_COMPLETED
+
+
+def rejected_subject(tenant: str | None) -> str:
+    return f"{RUNS_REJECTED}.{tenant}" if tenant else RUNS_REJECTED
+
+
 def dlq_subject(consumer: str) -> str:
     """Subject of the dead letters written by one durable consumer."""
     return f"{DLQ_PREFIX}.{consumer}"
@@ -65,6 +86,7 @@ def dlq_subject(consumer: str) -> str:
 
 # --- durable pull consumers -----------------------------------------------------------------
 DURABLE_SCHEDULER: Final = "scheduler-run-requests"
+DURABLE_SCHEDULER_TENANTS: Final = "scheduler-tenant-run-requests"
 DURABLE_EVIDENCE_PLANS: Final = "evidence-run-plans"
 DURABLE_EVIDENCE_FINDINGS: Final = "evidence-findings"
 DURABLE_EVIDENCE_DEAD_LETTERS: Final = "evidence-dead-letters"

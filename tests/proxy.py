@@ -58,7 +58,9 @@ class _Link:
 class TcpProxy:
     """Forwards 127.0.0.1:`port` to `target_host`:`target_port`, until `cut()`; see the module's docstring."""
 
-    def __init__(self, target_host: str, target_port: int, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, target_host: str, target_port: int, *, host: str = "127.0.0.1", port: int = 0, record: bool = False
+    ) -> None:
         self.target_host = target_host
         self.target_port = target_port
         self.host = host
@@ -74,6 +76,8 @@ class TcpProxy:
         """Connections forwarded to the target."""
         self.refused = 0
         """Connections reset or swallowed because the proxy was cut."""
+        self.sent: bytearray | None = bytearray() if record else None
+        """With `record=True`: every byte clients sent to the target (what went over the wire)."""
 
     # --- lifecycle ----------------------------------------------------------------------------------
 
@@ -179,8 +183,8 @@ class TcpProxy:
         link = _Link(writer, up_writer)
         self._links.add(link)
         link.tasks = [
-            asyncio.create_task(self._pump(reader, up_writer)),
-            asyncio.create_task(self._pump(up_reader, writer)),
+            asyncio.create_task(self._pump(reader, up_writer, self.sent)),
+            asyncio.create_task(self._pump(up_reader, writer, None)),
         ]
         try:
             await asyncio.gather(*link.tasks, return_exceptions=True)
@@ -204,9 +208,11 @@ class TcpProxy:
             writer.transport.abort()
 
     @staticmethod
-    async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter) -> None:
+    async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter, record: bytearray | None) -> None:
         try:
             while data := await source.read(_BUFFER):
+                if record is not None:
+                    record += data
                 sink.write(data)
                 await sink.drain()
             if sink.can_write_eof():

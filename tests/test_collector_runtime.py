@@ -16,6 +16,7 @@ from services.collector_iam.snapshot import IamSnapshot
 from shared import subjects
 from shared.aws import ApiCallCounter, AwsClients
 from shared.collector import CollectorSpec, register_collector
+from shared.credentials import account_access
 from shared.embedded import EmbeddedNats
 from shared.messages import CheckRequested, FindingsReported, Service, Status
 from shared.nats import make_broker, publish_durable
@@ -67,7 +68,7 @@ async def wait_for_chunks(nc: NatsClient, count: int, what: str, timeout: float 
 def replica(settings: Settings, url: str, name: str, collect: Callable[..., object], aws: AwsClients) -> ServiceApp:
     broker = make_broker(url, name=name, settings=settings)
     spec: CollectorSpec[IamSnapshot] = dataclasses.replace(IAM_SPEC, collect=collect)  # type: ignore[arg-type]
-    register_collector(broker, spec, aws=aws, settings=settings)
+    register_collector(broker, spec, access=account_access(settings, aws), settings=settings)
     return ServiceApp(name=name, broker=broker, url=url, settings=settings)
 
 

@@ -19,6 +19,7 @@ from services.evidence.app import create_service as create_evidence
 from services.evidence.store import EvidenceStore
 from services.scheduler.app import create_service as create_scheduler
 from shared.aws import AwsClients, classify_error
+from shared.credentials import default_clients
 from shared.embedded import EmbeddedNats, start_nats
 from shared.service import ServiceApp
 from shared.settings import Settings
@@ -66,7 +67,7 @@ async def running_stack(
         embedded = start_nats(nats_store or settings.home / "jetstream")
         url = embedded.url
         log.info("nats_started", url=url, store=str(embedded.store_dir))
-    aws = aws or AwsClients(settings)
+    aws = aws or default_clients(settings)
     apps: list[ServiceApp] = []
     try:
         for name in services:

@@ -10,6 +10,7 @@ from services.collector_cloudtrail.ratelimit import LookupLimiters
 from services.collector_cloudtrail.snapshot import CloudTrailSnapshot
 from shared.aws import ApiCallCounter, AwsClients
 from shared.collector import CollectorSpec, Summary, register_collector
+from shared.credentials import account_access
 from shared.messages import CheckRequested, Service
 from shared.nats import make_broker
 from shared.service import ServiceApp
@@ -55,5 +56,5 @@ def create_service(settings: Settings, *, url: str, aws: AwsClients | None = Non
     """Build the service: its broker, the durable consumer wiring and the AWS clients (nothing connects yet)."""
     broker = make_broker(url, name=NAME, settings=settings)
     spec = spec_with_limiters(LookupLimiters(settings.lookup_events_rate))
-    register_collector(broker, spec, aws=aws or AwsClients(settings), settings=settings)
+    register_collector(broker, spec, access=account_access(settings, aws), settings=settings)
     return ServiceApp(name=NAME, broker=broker, url=url, settings=settings)

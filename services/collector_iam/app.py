@@ -7,6 +7,7 @@ from services.collector_iam.collect import collect
 from services.collector_iam.snapshot import GLOBAL, IamSnapshot, IamUser
 from shared.aws import AwsClients
 from shared.collector import CollectorSpec, Summary, register_collector
+from shared.credentials import account_access
 from shared.messages import Service
 from shared.nats import make_broker
 from shared.service import ServiceApp
@@ -55,5 +56,5 @@ SPEC: CollectorSpec[IamSnapshot] = CollectorSpec(
 def create_service(settings: Settings, *, url: str, aws: AwsClients | None = None) -> ServiceApp:
     """Build the service: its broker, the durable consumer wiring and the AWS clients (nothing connects yet)."""
     broker = make_broker(url, name=NAME, settings=settings)
-    register_collector(broker, SPEC, aws=aws or AwsClients(settings), settings=settings)
+    register_collector(broker, SPEC, access=account_access(settings, aws), settings=settings)
     return ServiceApp(name=NAME, broker=broker, url=url, settings=settings)

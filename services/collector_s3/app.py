@@ -9,6 +9,7 @@ from services.collector_s3.collect import collect
 from services.collector_s3.snapshot import Bucket, S3Snapshot
 from shared.aws import AwsCallError, AwsClients
 from shared.collector import CollectorSpec, Summary, register_collector
+from shared.credentials import account_access
 from shared.messages import Service
 from shared.nats import make_broker
 from shared.service import ServiceApp
@@ -64,5 +65,5 @@ SPEC: CollectorSpec[S3Snapshot] = CollectorSpec(service=Service.S3, checks=CHECK
 def create_service(settings: Settings, *, url: str, aws: AwsClients | None = None) -> ServiceApp:
     """Build the service: its broker, the durable consumer wiring and the AWS clients (nothing connects yet)."""
     broker = make_broker(url, name=NAME, settings=settings)
-    register_collector(broker, SPEC, aws=aws or AwsClients(settings), settings=settings)
+    register_collector(broker, SPEC, access=account_access(settings, aws), settings=settings)
     return ServiceApp(name=NAME, broker=broker, url=url, settings=settings)

@@ -31,9 +31,11 @@ from services.evidence.report import Reports
 from services.evidence.store import EvidenceStore, PairKey
 from services.evidence.upload import EvidenceConflict, S3Uploader, Uploader
 from shared import subjects
+from shared.accounts import Registry, RegistryFile
 from shared.aws import AwsClients
 from shared.consume import Consumer, Delivery, Rejected, describe_failure
 from shared.controls import gating_table
+from shared.credentials import default_clients
 from shared.messages import DeadLetter, FindingsReported, RunPlanned
 from shared.nats import (
     durable_subscriber,
@@ -63,8 +65,11 @@ class EvidenceService:
         store: EvidenceStore,
         uploader: Uploader | None,
         url: str | None = None,
+        registry: RegistryFile | None = None,
     ) -> None:
         self.settings = settings
+        self._registry = registry
+        self._mirrored: Registry | None = None
         self.broker = broker
         self._url = url
         self._nc: NatsClient | None = None
@@ -82,6 +87,7 @@ class EvidenceService:
             await self.uploader.start()
         try:
             await self.store.check_schema()
+            await self.mirror_registry()
             if self._url is not None:
                 self._nc = await nats.connect(self._url, max_reconnect_attempts=-1, name="kushim-evidence-backlog")
         except BaseException:
@@ -95,6 +101,17 @@ class EvidenceService:
         if self.uploader is not None:
             await self.uploader.stop()
         await self.store.close()
+
+    async def mirror_registry(self) -> None:
+        """Keep the database's copy of the account registry (names for reports) in step with the file."""
+        registry = self._registry.current() if self._registry is not None else None
+        if registry is None or registry is self._mirrored:
+            return
+        listed: dict[str, tuple[str, str]] = {a.id: (a.name, a.access.kind) for a in registry.accounts}
+        changed = await self.store.sync_accounts(listed, datetime.now(UTC))
+        self._mirrored = registry
+        if changed:
+            log.info("account_registry_mirrored", accounts=len(listed), changed=changed)
 
     async def backlog(self) -> int:
         """Messages the evidence consumers have not finished yet (plans and findings chunks)."""
@@ -241,7 +258,7 @@ class EvidenceService:
             return
         await publish_durable(
             self.broker,
-            subjects.RUNS_COMPLETED,
+            subjects.completed_subject(message.tenant),
             message,
             msg_id=f"completed:{run_id}:{message.state.value}",
             stream=subjects.STREAM_RUNS,
@@ -258,6 +275,10 @@ class EvidenceService:
 
     async def sweep(self) -> None:
         """Runs past their deadline become INCOMPLETE (or COMPLETE if all is in); owed completions are republished."""
+        try:
+            await self.mirror_registry()
+        except Exception as exc:
+            log.error("account_registry_mirror_failed", error=describe_failure(exc))
         now = datetime.now(UTC)
         overdue = await self.store.overdue_runs(now)
         if overdue:
@@ -345,8 +366,15 @@ def create_evidence(
     if store is None:
         store = EvidenceStore(settings.effective_database_url)
     if uploader is None and settings.evidence_bucket:
-        uploader = S3Uploader(aws or AwsClients(settings), settings, settings.evidence_bucket)
-    service = EvidenceService(settings=settings, broker=broker, store=store, uploader=uploader, url=url)
+        uploader = S3Uploader(aws or default_clients(settings), settings, settings.evidence_bucket)
+    service = EvidenceService(
+        settings=settings,
+        broker=broker,
+        store=store,
+        uploader=uploader,
+        url=url,
+        registry=RegistryFile(settings.registry_path),
+    )
 
     plans_spec = evidence_plans_consumer()
     plans: Consumer[RunPlanned] = Consumer(

@@ -113,6 +113,7 @@ runs = Table(
     Column("findings_total", Integer),
     Column("findings_by_status", JSON),
     Column("completion_published", Boolean, nullable=False, default=False),
+    Column("tenant", String(64)),
 )
 Index("ix_evidence_runs_state_deadline", runs.c.state, runs.c.deadline_at)
 
@@ -229,6 +230,18 @@ chain_heads = Table(
     Column("key", Text),
     Column("updated_at", UtcDateTime, nullable=False),
 )
+
+accounts = Table(
+    "evidence_accounts",
+    metadata,
+    Column("account_id", String(12), primary_key=True),
+    Column("name", Text, nullable=False),
+    Column("access", String(32), nullable=False),
+    Column("registered", Boolean, nullable=False),
+    Column("updated_at", UtcDateTime, nullable=False),
+)
+"""A mirror of the account registry for reporting (the file stays the source of truth); removed accounts are kept
+with registered = false, so old runs still show their names."""
 
 dead_letters = Table(
     "evidence_dead_letters",
@@ -451,6 +464,7 @@ class EvidenceStore:
                     deadline_at=plan.deadline_at,
                     state=RunState.RUNNING.value,
                     completion_published=False,
+                    tenant=plan.tenant,
                 )
                 .on_conflict_do_nothing(index_elements=["run_id"])
             )
@@ -988,7 +1002,44 @@ class EvidenceStore:
             findings_total=row.findings_total or 0,
             findings_by_status=row.findings_by_status or {},
             completed_at=row.completed_at,
+            tenant=row.tenant,
         )
+
+    async def sync_accounts(self, registered: dict[str, tuple[str, str]], now: datetime) -> int:
+        """Mirror the registry (account id -> (name, access kind)); returns the rows written or changed."""
+        changed = 0
+        async with self._engine.begin() as conn:
+            rows = {r.account_id: r for r in (await conn.execute(select(accounts))).all()}
+            for account_id, (name, access) in sorted(registered.items()):
+                row = rows.get(account_id)
+                if row is None:
+                    await conn.execute(
+                        accounts.insert().values(
+                            account_id=account_id, name=name, access=access, registered=True, updated_at=now
+                        )
+                    )
+                elif (row.name, row.access, row.registered) != (name, access, True):
+                    await conn.execute(
+                        accounts.update()
+                        .where(accounts.c.account_id == account_id)
+                        .values(name=name, access=access, registered=True, updated_at=now)
+                    )
+                else:
+                    continue
+                changed += 1
+            for account_id, row in rows.items():
+                if account_id not in registered and row.registered:
+                    await conn.execute(
+                        accounts.update()
+                        .where(accounts.c.account_id == account_id)
+                        .values(registered=False, updated_at=now)
+                    )
+                    changed += 1
+        return changed
+
+    async def account_names(self) -> dict[str, str]:
+        async with self._reader.connect() as conn:
+            return {r.account_id: r.name for r in (await conn.execute(select(accounts.c.account_id, accounts.c.name)))}
 
     async def find_run(
         self, *, run_id: str | None = None, request_id: str | None = None, account_id: str | None = None

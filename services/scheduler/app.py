@@ -2,90 +2,94 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import structlog
 from faststream import AckPolicy
 from faststream.nats import NatsMessage
 from pydantic import ValidationError
 
-from services.scheduler.cron import CronLoop
+from services.scheduler.cron import Schedules
 from services.scheduler.planner import Planner
 from shared import subjects
+from shared.accounts import ALL_REGIONS
 from shared.aws import AwsClients, TransientAwsError, classify_error
 from shared.connect import check_connection
 from shared.consume import Consumer, Rejected, validation_reason
+from shared.credentials import AccountAccess, account_access
 from shared.messages import ConnectionTestRequest, ConnectionTestResult, RunRequested
-from shared.nats import durable_subscriber, make_broker, scheduler_consumer
+from shared.nats import ConsumerSpec, durable_subscriber, make_broker, scheduler_consumer, scheduler_tenant_consumer
 from shared.service import ServiceApp
 from shared.settings import Settings
 
 log = structlog.get_logger(__name__)
 
 
-class CallerAccount:
-    """Until the account registry exists, the only account is the one the credentials belong to."""
-
-    def __init__(self, aws: AwsClients) -> None:
-        self._aws = aws
-        self._accounts: frozenset[str] | None = None
-        self._lock = asyncio.Lock()
-
-    async def __call__(self) -> frozenset[str]:
-        async with self._lock:
-            if self._accounts is None:
-                account = await self._aws.caller_account()
-                self._accounts = frozenset({account})
-                log.info("account_resolved", account_id=account)
-            return self._accounts
-
-
 class ScanRegions:
-    """The regions a run inspects: the configured list, or with KUSHIM_REGIONS=all the regions enabled for the
-    account, asked at each run. A run is never planned with fewer regions: a transient failure retries the request,
-    a denial rejects it with the reason."""
+    """The regions a run inspects in one account: the account's own (registry), else KUSHIM_REGIONS, else the
+    configured region; `all` means the regions enabled for the account, asked at each run with its credentials. A run
+    is never planned with fewer regions: a transient failure retries the request, a denial rejects it."""
 
-    def __init__(self, settings: Settings, aws: AwsClients) -> None:
+    def __init__(self, settings: Settings, access: AccountAccess) -> None:
         self._settings = settings
-        self._aws = aws
+        self._access = access
 
-    async def __call__(self) -> list[str]:
-        if not self._settings.all_regions:
-            return self._settings.scan_regions
+    async def __call__(self, account_id: str) -> list[str]:
+        regions = self._access.regions(account_id)
+        if regions is None:
+            if not self._settings.all_regions:
+                return self._settings.scan_regions
+        elif regions != [ALL_REGIONS]:
+            return regions
         try:
-            regions = await self._aws.enabled_regions()
+            aws = await self._access.clients(account_id)
+            found = await aws.enabled_regions()
         except Exception as exc:
             err = classify_error("ec2", "DescribeRegions", exc)
             if err.transient:
-                raise TransientAwsError(f"cannot list the enabled regions: {err.describe()}") from exc
+                raise TransientAwsError(f"cannot list the enabled regions of {account_id}: {err.describe()}") from exc
             raise Rejected(
-                f"cannot list the enabled regions ({err.describe()}); grant it or set KUSHIM_REGIONS to a list"
+                f"cannot list the enabled regions of account {account_id} ({err.describe()}); grant it or list the "
+                "account's regions"
             ) from exc
-        if not regions:
+        if not found:
             raise TransientAwsError("ec2:DescribeRegions returned no region")
-        log.info("regions_discovered", regions=len(regions))
-        return regions
+        log.info("regions_discovered", account_id=account_id, regions=len(found))
+        return found
 
 
-def create_service(settings: Settings, *, url: str, aws: AwsClients | None = None) -> ServiceApp:
+def create_service(
+    settings: Settings, *, url: str, aws: AwsClients | None = None, access: AccountAccess | None = None
+) -> ServiceApp:
     broker = make_broker(url, name="scheduler", settings=settings)
-    aws = aws or AwsClients(settings)
-    accounts = CallerAccount(aws)
-    planner = Planner(broker=broker, settings=settings, known_accounts=accounts, regions=ScanRegions(settings, aws))
-    spec = scheduler_consumer()
-    consumer: Consumer[RunRequested] = Consumer(
-        spec=spec,
-        model=RunRequested,
-        handler=planner.handle,
-        broker=broker,
-        settings=settings,
-        on_rejected=planner.rejected,
-        context=lambda r: {"request_id": r.request_id},
-    )
+    access = access or account_access(settings, aws)
+    aws = access.base
+    planner = Planner(broker=broker, settings=settings, access=access, regions=ScanRegions(settings, access))
 
-    @durable_subscriber(broker, spec, description="Validates RunRequested and fans out one CheckRequested per pair.")
+    def consumer_of(spec: ConsumerSpec) -> Consumer[RunRequested]:
+        return Consumer(
+            spec=spec,
+            model=RunRequested,
+            handler=planner.handle,
+            broker=broker,
+            settings=settings,
+            on_rejected=planner.rejected,
+            context=lambda r: {"request_id": r.request_id},
+        )
+
+    requests, tenant_requests = consumer_of(scheduler_consumer()), consumer_of(scheduler_tenant_consumer())
+
+    @durable_subscriber(
+        broker, scheduler_consumer(), description="Validates RunRequested and fans out one CheckRequested per pair."
+    )
     async def on_run_requested(msg: NatsMessage) -> None:
-        await consumer(msg)
+        await requests(msg)
+
+    @durable_subscriber(
+        broker,
+        scheduler_tenant_consumer(),
+        description="A tenant's RunRequested (kushim.runs.requested.<tenant>): only accounts on its allow-list.",
+    )
+    async def on_tenant_run_requested(msg: NatsMessage) -> None:
+        await tenant_requests(msg)
 
     # Core request/reply (no stream): nothing to ack; FastStream accepts only MANUAL on a core subscription.
     @broker.subscriber(
@@ -109,15 +113,11 @@ def create_service(settings: Settings, *, url: str, aws: AwsClients | None = Non
         return result.model_dump_json().encode()
 
     async def resolve_accounts() -> None:
-        await accounts()
+        registry = access.registry()  # an invalid registry stops the start with its reason
+        accounts = await access.known_accounts()
+        log.info("accounts_known", accounts=len(accounts), registry=str(settings.registry_path) if registry else None)
 
     app = ServiceApp(name="scheduler", broker=broker, url=url, settings=settings, on_start=[resolve_accounts])
     if settings.schedule_enabled:
-        cron = CronLoop(
-            broker=broker,
-            expression=settings.schedule,
-            timezone=settings.schedule_timezone,
-            catch_up_seconds=settings.schedule_catch_up_seconds,
-        )
-        app.background.append(cron.run)
+        app.background.append(Schedules(broker=broker, settings=settings, registry=access.registry).run)
     return app

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import socket
 from collections.abc import Callable
@@ -28,8 +29,10 @@ from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from shared import subjects
+from shared.accounts import Account, Registry
 from shared.messages import RunRequested
 from shared.nats import publish_durable
+from shared.settings import Settings
 
 log = structlog.get_logger(__name__)
 
@@ -68,16 +71,29 @@ def previous_slot(expression: str, before: datetime, timezone: str = "UTC") -> d
     return slot
 
 
-def slot_request_id(slot: datetime) -> str:
-    return f"schedule-{slot.astimezone(UTC):%Y%m%dT%H%MZ}"
+def group_id(expression: str, timezone: str) -> str:
+    """Names the schedule of accounts that have their own (registry `schedule` / `timezone`): stable across
+    replicas and restarts, so their slot claims and request ids agree."""
+    return hashlib.sha256(f"{expression}|{timezone}".encode()).hexdigest()[:10]
 
 
-def slot_key(slot: datetime) -> str:
-    return f"slot.{slot.astimezone(UTC):%Y%m%dT%H%MZ}"
+def slot_request_id(slot: datetime, group: str | None = None) -> str:
+    stamp = f"{slot.astimezone(UTC):%Y%m%dT%H%MZ}"
+    return f"schedule-{group}-{stamp}" if group else f"schedule-{stamp}"
 
 
-def scheduled_request(slot: datetime) -> RunRequested:
-    return RunRequested(request_id=slot_request_id(slot), requested_by="kushim-scheduler", requested_at=slot)
+def slot_key(slot: datetime, group: str | None = None) -> str:
+    stamp = f"{slot.astimezone(UTC):%Y%m%dT%H%MZ}"
+    return f"slot.{group}.{stamp}" if group else f"slot.{stamp}"
+
+
+def scheduled_request(slot: datetime, group: str | None = None, accounts: list[str] | None = None) -> RunRequested:
+    return RunRequested(
+        request_id=slot_request_id(slot, group),
+        requested_by="kushim-scheduler",
+        requested_at=slot,
+        accounts=sorted(accounts) if accounts else None,
+    )
 
 
 class SlotClaims(Protocol):
@@ -92,9 +108,10 @@ class SlotClaims(Protocol):
 class KvSlotClaims:
     """Slot claims in the JetStream key-value bucket KUSHIM_SCHEDULE."""
 
-    def __init__(self, broker: NatsBroker, owner: str | None = None) -> None:
+    def __init__(self, broker: NatsBroker, owner: str | None = None, group: str | None = None) -> None:
         self._broker = broker
         self._owner = owner or f"{socket.gethostname()}-{id(self):x}"
+        self._group = group
         self._kv: KeyValue | None = None
 
     async def _bucket(self) -> KeyValue:
@@ -110,7 +127,7 @@ class KvSlotClaims:
 
     async def claim(self, slot: datetime, now: datetime) -> bool:
         kv = await self._bucket()
-        key = slot_key(slot)
+        key = slot_key(slot, self._group)
         try:
             await kv.create(key, self._value(now, published=False))
             return True
@@ -134,7 +151,7 @@ class KvSlotClaims:
 
     async def published(self, slot: datetime, now: datetime) -> None:
         kv = await self._bucket()
-        await kv.put(slot_key(slot), self._value(now, published=True))
+        await kv.put(slot_key(slot, self._group), self._value(now, published=True))
 
 
 class CronLoop:
@@ -148,21 +165,30 @@ class CronLoop:
         catch_up_seconds: float = 0.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         retry_seconds: float = 5.0,
+        group: str | None = None,
+        accounts: Callable[[], list[str] | None] = lambda: None,
     ) -> None:
         self._broker = broker
         self._expression = expression
         self._timezone = timezone
-        self._claims = claims or KvSlotClaims(broker)
+        self._group = group
+        self._accounts = accounts
+        self._claims = claims or KvSlotClaims(broker, group=group)
         self._catch_up = timedelta(seconds=catch_up_seconds)
         self._clock = clock
         self._retry_seconds = retry_seconds
 
     async def publish_slot(self, slot: datetime) -> bool:
-        """Claim the slot and publish its RunRequested; False when another replica owns it."""
+        """Claim the slot and publish its RunRequested; False when another replica owns it (or, for an account
+        schedule, no account follows it any more)."""
+        accounts = self._accounts()
+        if accounts is not None and not accounts:
+            log.info("scheduled_slot_without_accounts", slot=slot.isoformat(), schedule=self._expression)
+            return False
         if not await self._claims.claim(slot, self._clock()):
             log.debug("scheduled_slot_claimed_elsewhere", slot=slot.isoformat())
             return False
-        request = scheduled_request(slot)
+        request = scheduled_request(slot, self._group, accounts)
         ack = await publish_durable(
             self._broker,
             subjects.RUNS_REQUESTED,
@@ -198,7 +224,13 @@ class CronLoop:
             log.info("schedule_catching_up", slot=missed.isoformat(), late_seconds=(now - missed).total_seconds())
             await self._run_slot(missed)
         slot = next_slot(self._expression, now, self._timezone)
-        log.info("schedule_armed", schedule=self._expression, timezone=self._timezone, next_run=slot.isoformat())
+        log.info(
+            "schedule_armed",
+            schedule=self._expression,
+            timezone=self._timezone,
+            group=self._group or "default",
+            next_run=slot.isoformat(),
+        )
         while True:
             wait = (slot - self._clock()).total_seconds()
             if wait > 0:
@@ -218,3 +250,83 @@ class CronLoop:
             await self.publish_slot(missed)
         except Exception as exc:
             log.warning("schedule_orphan_check_failed", slot=missed.isoformat(), error=f"{type(exc).__name__}: {exc}")
+
+
+class Schedules:
+    """Every schedule in force: the default one (`KUSHIM_SCHEDULE`) and one per distinct `schedule` / `timezone` of
+    registered accounts. Each runs as its own CronLoop; the set is re-read every `refresh_seconds`, so an account
+    added to or moved in the registry follows its new schedule without a restart. A scheduled run covers exactly
+    the accounts following that schedule at the slot (without a registry: the account of the credentials)."""
+
+    def __init__(
+        self,
+        *,
+        broker: NatsBroker,
+        settings: Settings,
+        registry: Callable[[], Registry | None],
+        refresh_seconds: float = 60.0,
+    ) -> None:
+        self._broker = broker
+        self._settings = settings
+        self._registry = registry
+        self._refresh_seconds = refresh_seconds
+        self._running: dict[str | None, tuple[str, str]] = {}
+
+    def _schedule_of(self, account: Account) -> tuple[str, str]:
+        return (account.schedule or self._settings.schedule, account.timezone or self._settings.schedule_timezone)
+
+    def _group_of(self, schedule: tuple[str, str]) -> str | None:
+        default = (self._settings.schedule, self._settings.schedule_timezone)
+        return None if schedule == default else group_id(*schedule)
+
+    def groups(self) -> dict[str | None, tuple[str, str]]:
+        """Schedule group (None: the default) -> (cron expression, time zone)."""
+        wanted: dict[str | None, tuple[str, str]] = {None: (self._settings.schedule, self._settings.schedule_timezone)}
+        registry = self._registry()
+        for account in registry.accounts if registry is not None else []:
+            schedule = self._schedule_of(account)
+            wanted[self._group_of(schedule)] = schedule
+        return wanted
+
+    def accounts_of(self, group: str | None) -> list[str] | None:
+        """The accounts a group's slot covers now; None: every account (no registry, default schedule)."""
+        registry = self._registry()
+        if registry is None:
+            return None if group is None else []
+        return sorted(a.id for a in registry.accounts if self._group_of(self._schedule_of(a)) == group)
+
+    def _loop(self, group: str | None, expression: str, timezone: str) -> CronLoop:
+        return CronLoop(
+            broker=self._broker,
+            expression=expression,
+            timezone=timezone,
+            catch_up_seconds=self._settings.schedule_catch_up_seconds,
+            group=group,
+            accounts=lambda: self.accounts_of(group),
+        )
+
+    async def run(self) -> None:
+        tasks: dict[str | None, asyncio.Task[None]] = {}
+        try:
+            while True:
+                try:
+                    wanted = self.groups()
+                except Exception as exc:  # an unreadable registry keeps the schedules in force
+                    log.error("schedules_refresh_failed", error=f"{type(exc).__name__}: {exc}")
+                    wanted = dict(self._running)
+                for group in [g for g in tasks if g not in wanted or tasks[g].done()]:
+                    task = tasks.pop(group)
+                    task.cancel()
+                    if task.done() and not task.cancelled() and task.exception() is not None:
+                        log.error("schedule_loop_crashed", group=group or "default", error=str(task.exception()))
+                    elif group not in wanted:
+                        log.info("schedule_removed", group=group)
+                for group, (expression, timezone) in wanted.items():
+                    if group not in tasks:
+                        tasks[group] = asyncio.create_task(self._loop(group, expression, timezone).run())
+                self._running = {g: wanted[g] for g in tasks}
+                await asyncio.sleep(self._refresh_seconds)
+        finally:
+            for task in tasks.values():
+                task.cancel()
+            await asyncio.gather(*tasks.values(), return_exceptions=True)

@@ -13,6 +13,7 @@ from faststream.nats import NatsBroker, NatsMessage
 
 from shared import subjects
 from shared.consume import Delivery, Rejected
+from shared.credentials import AccountAccess
 from shared.messages import (
     CheckRequested,
     PlannedCheck,
@@ -27,8 +28,7 @@ from shared.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-AccountResolver = Callable[[], Awaitable[frozenset[str]]]
-RegionResolver = Callable[[], Awaitable[list[str]]]
+RegionResolver = Callable[[str], Awaitable[list[str]]]
 
 
 class Planner:
@@ -37,28 +37,52 @@ class Planner:
         *,
         broker: NatsBroker,
         settings: Settings,
-        known_accounts: AccountResolver,
+        access: AccountAccess,
         regions: RegionResolver,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._broker = broker
         self._settings = settings
-        self._known_accounts = known_accounts
+        self._access = access
         self._regions = regions
         self._clock = clock
 
-    async def handle(self, request: RunRequested, delivery: Delivery, msg: NatsMessage) -> None:
-        known = await self._known_accounts()
-        accounts = sorted(set(request.accounts)) if request.accounts else sorted(known)
-        unknown = [a for a in accounts if a not in known]
-        if unknown:
+    async def _accounts(self, request: RunRequested, tenant: str | None) -> list[str]:
+        """The accounts the request may scan; Rejected (before any scan) for an account it may not."""
+        known = await self._access.known_accounts()
+        asked = sorted(set(request.accounts)) if request.accounts else None
+        if tenant is None:
+            accounts = asked if asked is not None else sorted(known)
+            unknown = [a for a in accounts if a not in known]
+            if unknown:
+                raise Rejected(
+                    f"account(s) {', '.join(unknown)} are not registered with this Kushim "
+                    f"(registered: {', '.join(sorted(known))}); nothing was scanned"
+                )
+            return accounts
+        registry = self._access.registry()
+        entry = registry.tenant(tenant) if registry is not None else None
+        if entry is None:
+            raise Rejected(f"tenant {tenant} is not in the account registry; nothing was scanned")
+        allowed = set(entry.accounts) & known
+        accounts = asked if asked is not None else sorted(allowed)
+        outside = [a for a in accounts if a not in allowed]
+        if outside:
+            # A tenant is not told which accounts exist beyond its own allow-list.
             raise Rejected(
-                f"account(s) {', '.join(unknown)} are not registered with this Kushim "
-                f"(registered: {', '.join(sorted(known))}); nothing was scanned"
+                f"account(s) {', '.join(outside)} are not on tenant {tenant}'s allow-list; nothing was scanned"
             )
+        if not accounts:
+            raise Rejected(f"tenant {tenant} has no registered account on its allow-list; nothing was scanned")
+        return accounts
+
+    async def handle(self, request: RunRequested, delivery: Delivery, msg: NatsMessage) -> None:
+        tenant = subjects.tenant_of(delivery.subject)
+        accounts = await self._accounts(request, tenant)
         services = sorted(set(request.services), key=list(Service).index) if request.services else list(Service)
-        run_id = run_id_for(request.request_id)
-        regions = await self._regions()
+        # A tenant's request id is its own namespace: two tenants choosing the same id get two runs.
+        run_id = run_id_for(f"{tenant}/{request.request_id}" if tenant else request.request_id)
+        regions = {account: await self._regions(account) for account in accounts}
         planned_at = self._clock()
         expected = [PlannedCheck(account_id=a, service=s) for a in accounts for s in services]
         plan = RunPlanned(
@@ -69,6 +93,7 @@ class Planner:
             planned_at=planned_at,
             deadline_at=planned_at + timedelta(seconds=self._settings.run_deadline_seconds),
             expected=expected,
+            tenant=tenant,
         )
         checks = [
             CheckRequested(
@@ -76,7 +101,7 @@ class Planner:
                 request_id=request.request_id,
                 account_id=pair.account_id,
                 service=pair.service,
-                regions=regions,
+                regions=regions[pair.account_id],
                 requested_at=request.requested_at,
             )
             for pair in expected
@@ -99,17 +124,20 @@ class Planner:
             run_id=run_id,
             request_id=request.request_id,
             accounts=len(accounts),
+            tenant=tenant,
             services=[s.value for s in services],
             checks=len(expected),
         )
 
-    async def rejected(self, body: bytes, reason: str) -> None:
-        """Answer a refused request on kushim.runs.rejected, echoing its request_id when it can be read."""
+    async def rejected(self, body: bytes, reason: str, delivery: Delivery) -> None:
+        """Answer a refused request on kushim.runs.rejected (a tenant's on kushim.runs.rejected.<tenant>), echoing
+        its request_id when it can be read."""
         request_id = _request_id_of(body)
+        tenant = subjects.tenant_of(delivery.subject)
         rejection = RunRejected(request_id=request_id, reason=reason, rejected_at=self._clock())
-        msg_id = f"rejected:{hashlib.sha256(body).hexdigest()[:32]}"
+        msg_id = f"rejected:{tenant or ''}:{hashlib.sha256(body).hexdigest()[:32]}"
         await publish_durable(
-            self._broker, subjects.RUNS_REJECTED, rejection, msg_id=msg_id, stream=subjects.STREAM_RUNS
+            self._broker, subjects.rejected_subject(tenant), rejection, msg_id=msg_id, stream=subjects.STREAM_RUNS
         )
 
 
