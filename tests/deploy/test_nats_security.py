@@ -24,6 +24,7 @@ from services.cli.stack import SERVICES, migrate_database
 from services.evidence.store import EvidenceStore
 from services.scheduler.cron import CronLoop
 from shared import subjects
+from shared.accounts import Account, AssumeRoleAccess, Registry, Tenant
 from shared.aws import AwsClients
 from shared.embedded import EmbeddedNats, start_nats
 from shared.messages import FindingsReported, RunState, Service, Status
@@ -33,7 +34,7 @@ from tests.conftest import MOTO_ACCOUNT
 from tests.evidence.factory import make_chunks, make_finding, new_request_id
 
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "nats" / "nats-server.conf"
-USERS = ("scheduler", "collector", "evidence", "operator", "external")
+USERS = ("scheduler", "collector", "evidence", "operator", "external", "partner")
 USER_OF_SERVICE = {
     "scheduler": "scheduler",
     "collector-iam": "collector",
@@ -259,3 +260,99 @@ async def test_the_scheduler_user_claims_and_publishes_schedule_slots(
         assert len(violations.errors) == 1
     finally:
         await outsider.close()
+
+
+async def _kushim_request(nc: NatsClient, subject: str, request_id: str, **fields: Any) -> None:
+    request = {"request_id": request_id, "requested_at": datetime.now(UTC).isoformat(), **fields}
+    await nc.publish(subject, json.dumps(request).encode(), headers={"Nats-Msg-Id": request_id})
+
+
+@pytest.mark.timeout(90)
+async def test_a_tenant_can_request_only_accounts_on_its_allow_list(
+    secured_nats: SecuredNats, secured_stack: Settings
+) -> None:
+    """The tenant `partner` (its own user and subject) may scan only its allow-listed account, hears only its own
+    outcomes, and cannot pose as another tenant or as an untenanted requester."""
+    other = "111111111111"
+    write_registry(secured_stack.registry_path, tenant_accounts=[MOTO_ACCOUNT], other=other)
+    violations = Violations()
+    partner = await _connect(secured_nats.url("partner"), violations, inbox_prefix="_INBOX_partner")
+    evidence_nc = await _connect(secured_nats.url("evidence"))
+    try:
+        outcomes: dict[str, dict[str, Any]] = {}
+        arrived = asyncio.Event()
+
+        async def on_outcome(msg: Any) -> None:
+            outcomes[msg.subject + " " + str(json.loads(msg.data).get("request_id"))] = json.loads(msg.data)
+            arrived.set()
+
+        await partner.subscribe("kushim.runs.completed.partner", cb=on_outcome)
+        await partner.subscribe("kushim.runs.rejected.partner", cb=on_outcome)
+        await partner.flush()
+        before = await _stream_counts(evidence_nc)
+
+        # An account outside the allow-list: rejected before any scan, answered on the tenant's subject.
+        await _kushim_request(partner, "kushim.runs.requested.partner", "p-outside", accounts=[other])
+        await asyncio.wait_for(_until(lambda: "kushim.runs.rejected.partner p-outside" in outcomes), 30)
+        reason = outcomes["kushim.runs.rejected.partner p-outside"]["reason"]
+        assert f"{other} are not on tenant partner's allow-list" in reason
+        assert MOTO_ACCOUNT not in reason  # a tenant learns nothing about other registered accounts
+        after = await _stream_counts(evidence_nc)
+        assert after[subjects.STREAM_CHECKS] == before[subjects.STREAM_CHECKS]
+
+        # Posing as the operator's subject or as another tenant is refused by the server itself.
+        await _kushim_request(partner, subjects.RUNS_REQUESTED, "p-untenanted", accounts=[other])
+        await _kushim_request(partner, "kushim.runs.requested.billing", "p-other-tenant", accounts=[other])
+        await partner.subscribe(subjects.RUNS_COMPLETED)
+        await partner.subscribe("kushim.runs.completed.billing")
+        await partner.flush()
+        await asyncio.sleep(0.5)
+        assert len(violations.errors) == 4, violations.errors
+        assert (await _stream_counts(evidence_nc))[subjects.STREAM_CHECKS] == before[subjects.STREAM_CHECKS]
+
+        # Its allow-listed account: scanned, and the outcome arrives on the tenant's own subject.
+        await _kushim_request(partner, "kushim.runs.requested.partner", "p-allowed", services=["iam"])
+        await asyncio.wait_for(_until(lambda: "kushim.runs.completed.partner p-allowed" in outcomes), 60)
+        completed = outcomes["kushim.runs.completed.partner p-allowed"]
+        assert completed["state"] == "COMPLETE"
+        assert completed["tenant"] == "partner"
+        checks = (await _stream_counts(evidence_nc))[subjects.STREAM_CHECKS] - before[subjects.STREAM_CHECKS]
+        assert checks == 1  # one account (the allow-list), one service
+    finally:
+        await partner.close()
+        await evidence_nc.close()
+
+
+async def _until(condition: Callable[[], bool]) -> None:
+    while not condition():
+        await asyncio.sleep(0.05)
+
+
+def write_registry(path: Path, *, tenant_accounts: list[str], other: str) -> None:
+    """Two registered accounts (moto's, reached with the default credentials, and another by AssumeRole); the
+    tenant `partner` may scan only `tenant_accounts`. Services re-read the file: no restart needed."""
+    registry = Registry(
+        accounts=[
+            Account(id=MOTO_ACCOUNT, name="hub"),
+            Account(
+                id=other,
+                name="other",
+                access=AssumeRoleAccess(
+                    kind="assume_role", role_arn=f"arn:aws:iam::{other}:role/KushimAudit", external_id="kushim-test-id"
+                ),
+            ),
+        ],
+        tenants=[Tenant(name="partner", accounts=tenant_accounts)],
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["schema_version = 1"]
+    for account in registry.accounts:
+        lines += ["[[accounts]]", f'id = "{account.id}"', f'name = "{account.name}"']
+        if isinstance(account.access, AssumeRoleAccess):
+            lines.append(
+                f'access = {{ kind = "assume_role", role_arn = "{account.access.role_arn}", '
+                f'external_id = "{account.access.external_id}" }}'
+            )
+    for tenant in registry.tenants:
+        lines += ["[[tenants]]", f'name = "{tenant.name}"', f"accounts = {json.dumps(tenant.accounts)}"]
+    path.write_text("\n".join(lines) + "\n")
