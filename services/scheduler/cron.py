@@ -295,6 +295,11 @@ class Schedules:
             return None if group is None else []
         return sorted(a.id for a in registry.accounts if self._group_of(self._schedule_of(a)) == group)
 
+    @property
+    def running(self) -> dict[str | None, tuple[str, str]]:
+        """The schedule groups whose loops run now."""
+        return dict(self._running)
+
     def _loop(self, group: str | None, expression: str, timezone: str) -> CronLoop:
         return CronLoop(
             broker=self._broker,

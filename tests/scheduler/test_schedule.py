@@ -5,17 +5,30 @@ and time zones."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from faststream.nats import NatsBroker
 from nats.aio.client import Client as NatsClient
 
-from services.scheduler.cron import SCHEDULE_BUCKET, STALE_CLAIM_SECONDS, CronLoop, next_slot, previous_slot, slot_key
+from services.scheduler.cron import (
+    SCHEDULE_BUCKET,
+    STALE_CLAIM_SECONDS,
+    CronLoop,
+    Schedules,
+    group_id,
+    next_slot,
+    previous_slot,
+    slot_key,
+)
 from shared import subjects
+from shared.accounts import Account, RegistryFile, add_account, remove_account
 from shared.embedded import EmbeddedNats
 from shared.nats import declare_topology, make_broker
 from shared.settings import Settings
@@ -191,3 +204,85 @@ def test_the_hour_that_happens_twice_runs_once_and_the_missing_hour_runs_after_i
     assert previous_slot(expression, datetime(2026, 10, 25, 2, 0, tzinfo=UTC), "Europe/Berlin") == autumn[1]
     spring = next_slot(expression, datetime(2026, 3, 28, 12, 0, tzinfo=UTC), "Europe/Berlin")
     assert spring.date() == datetime(2026, 3, 29, tzinfo=UTC).date()  # the day still gets its run
+
+
+async def test_accounts_with_their_own_schedule_run_on_it_once_per_slot(
+    nats_server: EmbeddedNats, make_settings: Callable[..., Settings], nc: NatsClient, tmp_path: Path
+) -> None:
+    registry = tmp_path / "accounts.toml"
+    add_account(registry, Account(id="111111111111", name="default-schedule"))
+    for account in ("222222222222", "333333333333"):
+        add_account(registry, Account(id=account, name=account, schedule="0 5 * * *", timezone="Europe/Berlin"))
+    settings = make_settings(nats_url=nats_server.url, accounts_file=registry)
+    view = RegistryFile(registry)
+    group = group_id("0 5 * * *", "Europe/Berlin")
+    brokers = [make_broker(nats_server.url, name=f"replica-{i}", settings=settings) for i in range(2)]
+    for broker in brokers:
+        await broker.connect()
+    try:
+        replicas = [Schedules(broker=b, settings=settings, registry=view.current) for b in brokers]
+        assert replicas[0].groups() == {None: ("0 2 * * *", "UTC"), group: ("0 5 * * *", "Europe/Berlin")}
+        assert replicas[0].accounts_of(None) == ["111111111111"]
+        assert replicas[0].accounts_of(group) == ["222222222222", "333333333333"]
+
+        berlin_five = datetime(2026, 11, 27, 4, 0, tzinfo=UTC)  # 05:00 in Berlin (CET, UTC+1)
+        assert next_slot("0 5 * * *", berlin_five - timedelta(minutes=1), "Europe/Berlin") == berlin_five
+        loops = [r._loop(group, "0 5 * * *", "Europe/Berlin") for r in replicas]
+        won = await asyncio.gather(*(loop.publish_slot(berlin_five) for loop in loops))
+        assert sorted(won) == [False, True]
+        # The default schedule's slot at the same instant is a different claim and a different run.
+        assert await replicas[1]._loop(None, "0 2 * * *", "UTC").publish_slot(berlin_five) is True
+
+        payloads = await stream_payloads(nc, subjects.STREAM_RUNS, subjects.RUNS_REQUESTED)
+        requests = {json.loads(p)["request_id"]: json.loads(p)["accounts"] for p in payloads}
+        assert requests == {
+            f"schedule-{group}-20261127T0400Z": ["222222222222", "333333333333"],
+            "schedule-20261127T0400Z": ["111111111111"],
+        }
+        kv = await nc.jetstream().key_value(SCHEDULE_BUCKET)
+        assert (await kv.get(slot_key(berlin_five, group))).value
+
+        # Every account leaves the group: its next slot runs nothing (and claims nothing).
+        remove_account(registry, "222222222222")
+        remove_account(registry, "333333333333")
+        later = berlin_five + timedelta(days=1)
+        assert await loops[0].publish_slot(later) is False
+        assert len(await stream_payloads(nc, subjects.STREAM_RUNS, subjects.RUNS_REQUESTED)) == 2
+        assert replicas[0].groups() == {None: ("0 2 * * *", "UTC")}
+    finally:
+        for broker in brokers:
+            await broker.stop()
+
+
+async def test_schedules_follow_the_registry_without_a_restart(
+    nats_server: EmbeddedNats, make_settings: Callable[..., Settings], nc: NatsClient, tmp_path: Path
+) -> None:
+    registry = tmp_path / "accounts.toml"
+    add_account(registry, Account(id="111111111111", name="a"))
+    settings = make_settings(nats_url=nats_server.url, accounts_file=registry, schedule_catch_up_seconds=0)
+    broker = make_broker(nats_server.url, name="scheduler", settings=settings)
+    await broker.connect()
+    schedules = Schedules(
+        broker=broker, settings=settings, registry=RegistryFile(registry).current, refresh_seconds=0.05
+    )
+    task = asyncio.create_task(schedules.run())
+    try:
+        await asyncio.sleep(0.2)
+        assert set(schedules.running) == {None}
+        add_account(registry, Account(id="222222222222", name="b", schedule="30 1 * * *"))
+        os.utime(registry, ns=(2, 2))  # a new modification time even on a coarse clock
+        await _until(lambda: len(schedules.running) == 2)
+        remove_account(registry, "222222222222")
+        os.utime(registry, ns=(3, 3))
+        await _until(lambda: set(schedules.running) == {None})
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await broker.stop()
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.02)
