@@ -76,7 +76,12 @@ class AssumeRoleAccess(_Strict):
     role_arn: RoleArn
     external_id: ExternalId
     session_name: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_+=,.@-]{2,64}$")] = "kushim"
-    duration_seconds: int = Field(3600, ge=900, le=43200)
+    duration_seconds: int = Field(
+        3600,
+        ge=1800,
+        le=43200,
+        description="Session length; credentials are renewed 15 minutes before they expire, so at least 30 minutes.",
+    )
 
 
 class SecretsManagerAccess(_Strict):

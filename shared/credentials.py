@@ -31,6 +31,8 @@ from shared.settings import Settings
 log = structlog.get_logger(__name__)
 
 Metadata = dict[str, Any]
+REFRESH_AHEAD = 15 * 60
+"""botocore's advisory refresh window: refreshable credentials are fetched again this long before they expire."""
 
 _KEY_NAMES = (
     ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"),
@@ -90,7 +92,9 @@ def secret_fetcher(
                     "access_key": data[key_id],
                     "secret_key": data[secret_key],
                     "token": data.get(token) if isinstance(data.get(token), str) else None,
-                    "expiry_time": (clock() + timedelta(seconds=access.refresh_seconds)).isoformat(),
+                    # botocore refreshes credentials 15 minutes before they expire: stamped this way, the secret
+                    # is read again `refresh_seconds` from now (a failed re-read keeps the keys until then + 5 min).
+                    "expiry_time": (clock() + timedelta(seconds=access.refresh_seconds + REFRESH_AHEAD)).isoformat(),
                 }
         raise CredentialSourceError(
             f"secret {access.secret_id} lacks AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or aws_access_key_id / "

@@ -22,7 +22,7 @@ _SECRET_KEY = re.compile(
     r"(secret|password|passwd|token|credential|external_?id|authorization|signature|private_?key|session)",
     re.IGNORECASE,
 )
-_SAFE_KEYS = frozenset({"session_name", "request_id", "token_count"})
+_SAFE_KEYS = frozenset({"session_name", "request_id", "token_count", "secret_id"})
 
 # name=value / "name": "value" pairs in free text (botocore and FastStream messages, exception strings).
 _SECRET_PAIR = re.compile(

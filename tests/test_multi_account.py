@@ -13,6 +13,7 @@ import json
 import logging
 import re
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -23,6 +24,8 @@ import pytest
 from services.cli.client import RunRejectedError, run_check
 from services.cli.stack import running_stack
 from shared.accounts import Account, AssumeRoleAccess, SecretsManagerAccess, add_account, new_external_id
+from shared.aws import AwsClients
+from shared.credentials import CredentialSourceError, default_clients, refreshing_session, secret_fetcher
 from shared.log import configure_logging
 from shared.messages import RunState, Service, Status
 from shared.settings import Settings
@@ -160,3 +163,46 @@ async def test_credentials_of_another_account_give_error_findings_naming_it(
     assert {f.status for f in report.findings} == {Status.ERROR}
     assert all(f"belong to account {MOTO_ACCOUNT}" in f.summary for f in report.findings)
     assert report.run.controls[next(iter(report.run.controls))].status is Status.ERROR
+
+
+async def test_default_credentials_from_a_secret_follow_its_rotation(moto_endpoint: str, tmp_path: Path) -> None:
+    """KUSHIM_AWS_SECRET_ID: the default credentials come from Secrets Manager; the secret is read once per
+    `refresh_seconds`, not per call, and a rotated secret is picked up at the next read."""
+    secrets = boto3_client(moto_endpoint, "secretsmanager")
+
+    def stored_for(account: str) -> str:
+        creds = boto3_client(moto_endpoint, "sts").assume_role(
+            RoleArn=f"arn:aws:iam::{account}:role/{ROLE}", RoleSessionName="stored"
+        )["Credentials"]
+        return json.dumps(
+            {
+                "aws_access_key_id": creds["AccessKeyId"],
+                "aws_secret_access_key": creds["SecretAccessKey"],
+                "aws_session_token": creds["SessionToken"],
+            }
+        )
+
+    secrets.create_secret(Name="kushim/default", SecretString=stored_for(ALPHA))
+    settings = Settings(_env_file=None, home=tmp_path, aws_endpoint_url=moto_endpoint, aws_secret_id="kushim/default")
+    fresh = default_clients(settings)
+    assert await fresh.caller_account() == ALPHA
+
+    # A source whose reads are stamped 3 minutes early with a 1-minute refresh time: every use is past the refresh
+    # time (but not expired), so every use reads the secret again.
+    base = AwsClients(settings)
+    access = SecretsManagerAccess(kind="secrets_manager", secret_id="kushim/default", refresh_seconds=60)
+    past = datetime.now(UTC) - timedelta(minutes=3)
+    stale = AwsClients(settings, refreshing_session(secret_fetcher(base, access, clock=lambda: past), "test"))
+    assert await stale.caller_account() == ALPHA
+
+    secrets.put_secret_value(SecretId="kushim/default", SecretString=stored_for(BETA))  # rotated
+    assert await fresh.caller_account() == ALPHA  # within its refresh time: the keys read at first use
+    assert await stale.caller_account() == BETA  # due: the rotated secret
+
+
+async def test_a_secret_without_keys_is_a_clear_error(moto_endpoint: str, tmp_path: Path) -> None:
+    boto3_client(moto_endpoint, "secretsmanager").create_secret(Name="kushim/bad", SecretString='{"user": "x"}')
+    settings = Settings(_env_file=None, home=tmp_path, aws_endpoint_url=moto_endpoint, aws_secret_id="kushim/bad")
+    with pytest.raises(CredentialSourceError, match="lacks AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY") as caught:
+        await default_clients(settings).caller_account()
+    assert "x" not in str(caught.value).replace("kushim/bad", "")
