@@ -216,6 +216,13 @@ class AwsClients:
                 client.meta.events.register("before-send.*.*", counter)
             yield client
 
+    async def resolve_credentials(self) -> None:
+        """Obtain the session's credentials now (an assumed role, a secret): raises what their source raised."""
+        credentials = await self._session.get_credentials()
+        if credentials is None:
+            raise NoCredentialsError()
+        await credentials.get_frozen_credentials()
+
     async def enabled_regions(self, counter: ApiCallCounter | None = None) -> list[str]:
         """Regions enabled for the account (ec2:DescribeRegions without AllRegions: opted-in and default ones)."""
         async with self.client("ec2", None, counter) as ec2:

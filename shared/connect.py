@@ -69,16 +69,25 @@ def _bucket_probe(bucket: str) -> Call:
     return head
 
 
-def probes(settings: Settings) -> list[Probe]:
+def probes(settings: Settings, *, evidence_bucket: bool = True) -> list[Probe]:
     found = [
         Probe("sts", "sts", "GetCallerIdentity", _sts),
         Probe("iam", "iam", "ListUsers", _iam),
         Probe("s3", "s3", "ListBuckets", _s3),
         Probe("cloudtrail", "cloudtrail", "DescribeTrails", _cloudtrail),
     ]
-    if settings.evidence_bucket:
+    if settings.evidence_bucket and evidence_bucket:
         found.append(Probe("evidence-bucket", "s3", "HeadBucket", _bucket_probe(settings.evidence_bucket)))
     return found
+
+
+def _access_fix(access: str, account_id: str | None) -> str:
+    if "role" in access:
+        return (
+            f"the role's trust policy must allow Kushim's principal with its ExternalId (`kushim accounts external-id "
+            f"{account_id}` prints it), and Kushim's own credentials need sts:AssumeRole on the role"
+        )
+    return "Kushim's own credentials need secretsmanager:GetSecretValue on the secret, which must hold the keys as JSON"
 
 
 def fix_for(code: str, permission: str) -> str:
@@ -89,10 +98,38 @@ def fix_for(code: str, permission: str) -> str:
     return "see the AWS error message"
 
 
-async def check_connection(settings: Settings, aws: AwsClients, request_id: str | None = None) -> ConnectionTestResult:
+async def check_connection(
+    settings: Settings,
+    aws: AwsClients,
+    request_id: str | None = None,
+    *,
+    access: str | None = None,
+    account_id: str | None = None,
+) -> ConnectionTestResult:
+    """Probe every service with `aws`. `access` describes a registered account's own access (an assumed role, a
+    secret): its credentials are obtained first, and a failure there is reported as such; the evidence bucket is
+    probed with Kushim's own credentials only (`account_id` unset)."""
     results: list[ServiceConnection] = []
     account: str | None = None
-    for probe in probes(settings):
+    if access is not None:
+        try:
+            await aws.resolve_credentials()
+        except Exception as exc:
+            err = classify_error("sts", "AssumeRole", exc)
+            results.append(
+                ServiceConnection(
+                    service="credentials",
+                    connected=False,
+                    api_call="sts:AssumeRole" if "role" in access else "secretsmanager:GetSecretValue",
+                    code=error_code(exc) or err.code,
+                    message=f"cannot obtain credentials through {access}: {err.message}"[:500],
+                    fix=_access_fix(access, account_id),
+                )
+            )
+            return ConnectionTestResult(
+                request_id=request_id, ok=False, account_id=account_id, region=settings.aws_region, services=results
+            )
+    for probe in probes(settings, evidence_bucket=account_id is None):
         api_call = iam_action(probe.aws_service, probe.operation)
         try:
             answer = await probe.call(aws)

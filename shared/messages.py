@@ -256,6 +256,10 @@ class ConnectionTestRequest(_External):
 
     schema_version: Literal[1] = 1
     request_id: RequestId | None = Field(None, description="Echoed in the answer.")
+    account_id: AccountId | None = Field(
+        None,
+        description="A registered account to test with its own access (assumed role, secret); unset: Kushim's own.",
+    )
 
 
 class ServiceConnection(_Internal):

@@ -215,8 +215,10 @@ class KushimClient:
             raise CouldNotRun(page.error or "the evidence service could not build the history")
         return page
 
-    async def connection_test(self, request_id: str | None = None, timeout: float = 60.0) -> ConnectionTestResult:
-        request = ConnectionTestRequest(request_id=request_id)
+    async def connection_test(
+        self, request_id: str | None = None, timeout: float = 60.0, account_id: str | None = None
+    ) -> ConnectionTestResult:
+        request = ConnectionTestRequest(request_id=request_id, account_id=account_id)
         try:
             reply = await self._nc.request(
                 subjects.CONNECTION_TEST, request.model_dump_json().encode(), timeout=timeout

@@ -14,7 +14,7 @@ from shared.accounts import ALL_REGIONS
 from shared.aws import AwsClients, TransientAwsError, classify_error
 from shared.connect import check_connection
 from shared.consume import Consumer, Rejected, validation_reason
-from shared.credentials import AccountAccess, account_access
+from shared.credentials import AccountAccess, UnregisteredAccount, account_access
 from shared.messages import ConnectionTestRequest, ConnectionTestResult, RunRequested
 from shared.nats import ConsumerSpec, durable_subscriber, make_broker, scheduler_consumer, scheduler_tenant_consumer
 from shared.service import ServiceApp
@@ -108,7 +108,22 @@ def create_service(
             log.warning("connection_test_rejected", reason=reason)
             result = ConnectionTestResult(ok=False, region=settings.aws_region, services=[], error=reason)
             return result.model_dump_json().encode()
-        result = await check_connection(settings, aws, request.request_id)
+        if request.account_id is None:
+            result = await check_connection(settings, aws, request.request_id)
+        else:
+            try:
+                target = await access.clients(request.account_id)
+            except UnregisteredAccount as exc:
+                log.warning("connection_test_rejected", reason=str(exc))
+                result = ConnectionTestResult(ok=False, region=settings.aws_region, services=[], error=str(exc))
+                return result.model_dump_json().encode()
+            result = await check_connection(
+                settings,
+                target,
+                request.request_id,
+                access=access.describe_access(request.account_id) if target is not aws else None,
+                account_id=request.account_id,
+            )
         log.info("connection_tested", ok=result.ok, failed=[s.service for s in result.services if not s.connected])
         return result.model_dump_json().encode()
 

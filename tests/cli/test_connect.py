@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from services.cli.client import KushimClient
 from services.scheduler.app import create_service as create_scheduler
+from shared.accounts import Account, AssumeRoleAccess, SecretsManagerAccess, add_account, new_external_id
 from shared.aws import AwsClients
 from shared.connect import check_connection
 from shared.embedded import EmbeddedNats
@@ -149,3 +151,39 @@ async def test_other_systems_can_test_the_connection_over_nats(
         assert "unexpected" in rejected.error
     finally:
         await client.close()
+
+
+async def test_a_registered_account_is_tested_with_its_own_access(
+    make_settings: Callable[..., Settings], nats_server: EmbeddedNats, moto_endpoint: str, tmp_path: Path
+) -> None:
+    registry = tmp_path / "accounts.toml"
+    role = AssumeRoleAccess(
+        kind="assume_role", role_arn="arn:aws:iam::111111111111:role/KushimAudit", external_id=new_external_id()
+    )
+    add_account(registry, Account(id="111111111111", name="member", access=role))
+    missing = SecretsManagerAccess(kind="secrets_manager", secret_id="kushim/absent")
+    add_account(registry, Account(id="222222222222", name="by-secret", access=missing))
+    settings = make_settings(nats_url=nats_server.url, aws_endpoint_url=moto_endpoint, accounts_file=registry)
+    app = create_scheduler(settings, url=nats_server.url)
+    await app.start()
+    client = await KushimClient.connect(nats_server.url)
+    try:
+        member = await client.connection_test(request_id="member", account_id="111111111111")
+        assert member.ok
+        assert member.account_id == "111111111111"  # the assumed role's account, from sts:GetCallerIdentity
+        assert {s.service for s in member.services} == {"sts", "iam", "s3", "cloudtrail"}
+
+        broken = await client.connection_test(request_id="secret", account_id="222222222222")
+        assert not broken.ok
+        assert [s.service for s in broken.services] == ["credentials"]
+        assert broken.services[0].api_call == "secretsmanager:GetSecretValue"
+        assert broken.services[0].code == "ResourceNotFoundException"
+        assert "kushim/absent" in (broken.services[0].message or "")
+        assert "secretsmanager:GetSecretValue" in (broken.services[0].fix or "")
+
+        unknown = await client.connection_test(request_id="unknown", account_id="333333333333")
+        assert not unknown.ok
+        assert unknown.error == "account 333333333333 is not in the account registry"
+    finally:
+        await client.close()
+        await app.stop()
