@@ -27,7 +27,9 @@ out of logs.
 
 from __future__ import annotations
 
+import os
 import secrets
+import stat
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -234,6 +236,7 @@ def _document(path: Path) -> tomlkit.TOMLDocument:
         doc = tomlkit.document()
         doc.add(tomlkit.comment("Kushim account registry: see `kushim accounts --help` and the README."))
         doc.add("schema_version", 1)
+        doc.add(tomlkit.nl())
         return doc
     parse_registry(text, str(path))  # refuse to edit a file that is already invalid
     return tomlkit.parse(text)
@@ -241,10 +244,19 @@ def _document(path: Path) -> tomlkit.TOMLDocument:
 
 def _write(path: Path, doc: tomlkit.TOMLDocument) -> Registry:
     text = tomlkit.dumps(doc)
+    if not text.endswith("\n"):
+        text += "\n"
     registry = parse_registry(text, str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        mode = 0o644
+    # Written beside the file and renamed over it: a reader (a service re-reading it) sees the old or the new file,
+    # never half of one. The file keeps its permissions.
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
+    os.chmod(tmp, mode)
     tmp.replace(path)
     return registry
 

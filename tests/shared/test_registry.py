@@ -150,3 +150,12 @@ def test_trust_policy_requires_the_external_id() -> None:
 def test_parse_names_the_source() -> None:
     with pytest.raises(RegistryError, match="configmap is invalid"):
         parse_registry('[[accounts]]\nid = "1"\nname = "x"', "configmap")
+
+
+def test_an_edited_file_keeps_its_permissions_and_ends_with_a_newline(tmp_path: Path) -> None:
+    path = tmp_path / "accounts.toml"
+    path.write_text('schema_version = 1\n[[accounts]]\nid = "222222222222"\nname = "dev"\n')
+    path.chmod(0o600)
+    add_account(path, Account(id="111111111111", name="prod"))
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert path.read_text().endswith("\n")
