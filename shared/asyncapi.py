@@ -38,6 +38,7 @@ from shared.messages import (
     ReportPage,
     ReportRequest,
     RunCompleted,
+    RunJoined,
     RunPlanned,
     RunRejected,
     RunRequested,
@@ -112,19 +113,31 @@ def channels() -> tuple[Channel, ...]:
             stream=subjects.STREAM_RUNS,
         ),
         Channel(
+            subjects.RUNS_JOINED,
+            RunJoined,
+            "scheduler (a request coalesced into an identical run in flight)",
+            f"evidence (durable {subjects.DURABLE_EVIDENCE_JOINS})",
+            "A request that joined an identical run in flight instead of scanning again; the evidence service answers "
+            "it with that run's RunCompleted under the request's own request_id.",
+            stream=subjects.STREAM_RUNS,
+        ),
+        Channel(
             subjects.RUNS_COMPLETED,
             RunCompleted,
             "evidence",
             None,
-            "A run's outcome (COMPLETE or INCOMPLETE) with per-control verdicts; request_id echoed.",
+            "A run's outcome (COMPLETE or INCOMPLETE) with per-control verdicts; request_id echoed (a request that "
+            "joined a run gets the run's outcome under its own request_id). The scheduler (durable "
+            f"{subjects.DURABLE_SCHEDULER_COMPLETIONS}) releases the run's coalescing claim.",
             stream=subjects.STREAM_RUNS,
         ),
         Channel(
-            f"{subjects.RUNS_COMPLETED}.*",
+            subjects.TENANT_RUNS_COMPLETED,
             RunCompleted,
             "evidence",
             None,
-            "The outcome of a tenant's run, on kushim.runs.completed.<tenant> (only that tenant hears it).",
+            "The outcome of a tenant's run, on kushim.runs.completed.<tenant> (only that tenant hears it). The "
+            f"scheduler (durable {subjects.DURABLE_SCHEDULER_TENANT_COMPLETIONS}) releases the run's coalescing claim.",
             stream=subjects.STREAM_RUNS,
         ),
         Channel(

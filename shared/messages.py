@@ -140,6 +140,21 @@ class CheckRequested(_Internal):
     requested_at: AwareDatetime
 
 
+class RunJoined(_Internal):
+    """A RunRequested coalesced into an identical run already in flight (same tenant, accounts, services and
+    regions), on `kushim.runs.joined`: nothing is scanned again; the evidence service answers the joining request
+    with that run's RunCompleted under the request's own request_id (on the subject it would otherwise get)."""
+
+    schema_version: Literal[1] = 1
+    run_id: RunId = Field(description="The run in flight that the request joined.")
+    request_id: RequestId = Field(description="The joining request's id, echoed in the RunCompleted it gets.")
+    tenant: TenantName | None = Field(
+        None, description="The tenant that sent the request (its RunCompleted goes to kushim.runs.completed.<tenant>)."
+    )
+    requested_by: str
+    joined_at: AwareDatetime
+
+
 class RunRejected(_Internal):
     """A refused RunRequested, on `kushim.runs.rejected` (a tenant's on `kushim.runs.rejected.<tenant>`)."""
 
@@ -331,6 +346,9 @@ class ReportPage(_Internal):
     page: int = 0
     page_size: int = 0
     next_page: int | None = None
+    account_names: dict[AccountId, str] = Field(
+        default_factory=dict, description="Names of the run's accounts, from the account registry (when registered)."
+    )
 
 
 # ---------------------------------------------------------------------------------------------

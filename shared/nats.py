@@ -149,6 +149,38 @@ def evidence_plans_consumer() -> ConsumerSpec:
     )
 
 
+def scheduler_completions_consumer() -> ConsumerSpec:
+    """Completed runs release their coalescing claims: durable, so a completion published while no scheduler runs
+    is acted on when one starts."""
+    return ConsumerSpec(
+        subjects.STREAM_RUNS,
+        subjects.DURABLE_SCHEDULER_COMPLETIONS,
+        subjects.RUNS_COMPLETED,
+        "Scheduler: completed runs release their coalescing claims",
+        retry_forever=True,
+    )
+
+
+def scheduler_tenant_completions_consumer() -> ConsumerSpec:
+    return ConsumerSpec(
+        subjects.STREAM_RUNS,
+        subjects.DURABLE_SCHEDULER_TENANT_COMPLETIONS,
+        subjects.TENANT_RUNS_COMPLETED,
+        "Scheduler: tenants' completed runs release their coalescing claims",
+        retry_forever=True,
+    )
+
+
+def evidence_joins_consumer() -> ConsumerSpec:
+    return ConsumerSpec(
+        subjects.STREAM_RUNS,
+        subjects.DURABLE_EVIDENCE_JOINS,
+        subjects.RUNS_JOINED,
+        "Evidence: requests coalesced into runs in flight",
+        retry_forever=True,
+    )
+
+
 def evidence_findings_consumer() -> ConsumerSpec:
     return ConsumerSpec(
         subjects.STREAM_FINDINGS,
@@ -183,7 +215,10 @@ def all_consumers() -> list[ConsumerSpec]:
     return [
         scheduler_consumer(),
         scheduler_tenant_consumer(),
+        scheduler_completions_consumer(),
+        scheduler_tenant_completions_consumer(),
         evidence_plans_consumer(),
+        evidence_joins_consumer(),
         evidence_findings_consumer(),
         evidence_dead_letters_consumer(),
         *(collector_consumer(service) for service in Service),

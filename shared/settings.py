@@ -60,6 +60,12 @@ class Settings(BaseSettings):
         "ExternalId, Secrets Manager), regions, schedules and tenants. Unset: $KUSHIM_HOME/accounts.toml. No file: "
         "the one account the credentials belong to. Edited by `kushim accounts`; re-read when it changes.",
     )
+    declare_topology: bool = Field(
+        True,
+        description="Whether a service creates or updates the JetStream streams and durable consumers at start. "
+        "false: they must exist already (`kushim nats init`, run by an administrator); the service only checks them, "
+        "so its NATS user needs no right to create, change or delete streams.",
+    )
     max_deliver: int = Field(5, ge=2, le=20, description="Deliveries of one message before it is dead-lettered.")
     ack_wait_seconds: float = Field(60.0, gt=0, description="Seconds a consumer may hold a message before redelivery.")
     retry_delay_seconds: float = Field(2.0, ge=0, description="Base delay before a failed message is redelivered.")
@@ -85,6 +91,12 @@ class Settings(BaseSettings):
     )
     run_deadline_seconds: float = Field(
         900.0, gt=0, description="Seconds after planning when a run still missing results becomes INCOMPLETE."
+    )
+    coalesce: bool = Field(
+        True,
+        description="Coalesce identical run requests (same tenant, accounts, services and regions): while such a run "
+        "is in flight, a request joins it instead of scanning again and gets its RunCompleted under its own "
+        "request_id. A new run starts once the one in flight completed.",
     )
     regions: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

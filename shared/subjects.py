@@ -20,6 +20,11 @@ RUNS_COMPLETED: Final = "kushim.runs.completed"
 """The evidence service's verdict for a run: COMPLETE or INCOMPLETE, with per-control verdicts."""
 RUNS_REJECTED: Final = "kushim.runs.rejected"
 """A RunRequested that was refused (invalid, unknown account, ...), echoing the requester's request_id."""
+TENANT_RUNS_COMPLETED: Final = "kushim.runs.completed.*"
+"""A tenant's run outcomes, `kushim.runs.completed.<tenant>`."""
+RUNS_JOINED: Final = "kushim.runs.joined"
+"""A request coalesced into an identical run already in flight (RunJoined): it is answered with that run's
+RunCompleted, under its own request_id."""
 
 # --- checks (stream KUSHIM_CHECKS): only the scheduler publishes here ----------------------
 CHECKS_PREFIX: Final = "kushim.checks"
@@ -87,7 +92,12 @@ def dlq_subject(consumer: str) -> str:
 # --- durable pull consumers -----------------------------------------------------------------
 DURABLE_SCHEDULER: Final = "scheduler-run-requests"
 DURABLE_SCHEDULER_TENANTS: Final = "scheduler-tenant-run-requests"
+DURABLE_SCHEDULER_COMPLETIONS: Final = "scheduler-run-completions"
+"""Releases the coalescing claim of a completed run (kushim.runs.completed)."""
+DURABLE_SCHEDULER_TENANT_COMPLETIONS: Final = "scheduler-tenant-run-completions"
+"""Releases the coalescing claim of a tenant's completed run (kushim.runs.completed.<tenant>)."""
 DURABLE_EVIDENCE_PLANS: Final = "evidence-run-plans"
+DURABLE_EVIDENCE_JOINS: Final = "evidence-run-joins"
 DURABLE_EVIDENCE_FINDINGS: Final = "evidence-findings"
 DURABLE_EVIDENCE_DEAD_LETTERS: Final = "evidence-dead-letters"
 

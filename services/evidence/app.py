@@ -14,8 +14,9 @@ commits first and reads the other's data after, so one of them always sees both)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 
 import nats
@@ -36,11 +37,12 @@ from shared.aws import AwsClients
 from shared.consume import Consumer, Delivery, Rejected, describe_failure
 from shared.controls import gating_table
 from shared.credentials import default_clients
-from shared.messages import DeadLetter, FindingsReported, RunPlanned
+from shared.messages import DeadLetter, FindingsReported, RunCompleted, RunJoined, RunPlanned
 from shared.nats import (
     durable_subscriber,
     evidence_dead_letters_consumer,
     evidence_findings_consumer,
+    evidence_joins_consumer,
     evidence_plans_consumer,
     make_broker,
     publish_durable,
@@ -77,6 +79,7 @@ class EvidenceService:
         self.uploader = uploader
         self.reports = Reports(store)
         self._gating: Mapping[str, bool] = gating_table(settings.mfa_scope)
+        self._publishing: dict[str, tuple[asyncio.Lock, int]] = {}
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -164,6 +167,25 @@ class EvidenceService:
             if not done:
                 return
         await self.settle(chunk.run_id)
+
+    async def handle_join(self, joined: RunJoined, delivery: Delivery, msg: NatsMessage) -> None:
+        """A request coalesced into a run in flight: it is answered with the run's RunCompleted when the run is final,
+        at once if it already is (the run completed before its claim was released). A join of a run not final yet
+        is stored first and the run's state read after: the run's finalisation commits first and reads its joiners
+        after, so one of the two sees both."""
+        async with self._completing(joined.run_id):
+            final = await self.store.pending_completion(joined.run_id, published_too=True)
+            if final is None:
+                await self.store.save_join(joined)
+                log.info("run_join_stored", tenant=joined.tenant)
+                await self._answer_joiners(joined.run_id)
+                return
+            recorded, published = await self.store.joined_state(joined.run_id, joined.request_id)
+            if recorded and published is final.state:
+                return  # a redelivery, already answered
+            await self._publish_to_joiner(final, joined.request_id, joined.tenant)
+            await self.store.save_join(joined, published=final.state)
+            log.info("run_join_answered", tenant=joined.tenant, state=final.state.value)
 
     async def handle_dead_letter(self, letter: DeadLetter, delivery: Delivery, msg: NatsMessage) -> None:
         if await self.store.save_dead_letter(letter, datetime.now(UTC)):
@@ -253,24 +275,73 @@ class EvidenceService:
             )
 
     async def publish_completion(self, run_id: str) -> None:
+        """Publish every RunCompleted the final run still owes: to its own request, then to the requests that joined
+        it (each under its own request_id, on its tenant's subject). One publisher per run at a time in this service:
+        concurrent handlers of one run (its last chunk, a joiner, the sweep) would each publish the same message;
+        the stream drops the copies, but plain subscribers would hear them twice."""
+        async with self._completing(run_id):
+            await self._publish_own_completion(run_id)
+            await self._answer_joiners(run_id)
+
+    @contextlib.asynccontextmanager
+    async def _completing(self, run_id: str) -> AsyncIterator[None]:
+        lock, users = self._publishing.get(run_id, (asyncio.Lock(), 0))
+        self._publishing[run_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._publishing[run_id]
+            if users == 1:
+                del self._publishing[run_id]
+            else:
+                self._publishing[run_id] = (lock, users - 1)
+
+    async def _publish_own_completion(self, run_id: str) -> None:
         message = await self.store.pending_completion(run_id)
+        if message is not None:
+            await publish_durable(
+                self.broker,
+                subjects.completed_subject(message.tenant),
+                message,
+                msg_id=f"completed:{run_id}:{message.state.value}",
+                stream=subjects.STREAM_RUNS,
+            )
+            await self.store.mark_published(run_id, message.state)
+            log.info(
+                "run_completed_published",
+                run_id=run_id,
+                request_id=message.request_id,
+                state=message.state.value,
+                missing=len(message.missing),
+                findings_total=message.findings_total,
+            )
+
+    async def _answer_joiners(self, run_id: str) -> None:
+        owed = await self.store.owed_joiners(run_id)
+        if not owed:
+            return
+        message = await self.store.pending_completion(run_id, published_too=True)
         if message is None:
             return
+        published: list[str] = []
+        try:
+            for request_id, tenant in owed:
+                await self._publish_to_joiner(message, request_id, tenant)
+                published.append(request_id)
+        finally:  # what was published stays published, even when a later publish failed
+            if published:
+                await self.store.mark_joiners_published(run_id, published, message.state)
+        log.info("run_completed_published_to_joiners", run_id=run_id, joiners=len(published), state=message.state.value)
+
+    async def _publish_to_joiner(self, completed: RunCompleted, request_id: str, tenant: str | None) -> None:
+        """The run's RunCompleted under the joined request's id, on the subject that request would get."""
         await publish_durable(
             self.broker,
-            subjects.completed_subject(message.tenant),
-            message,
-            msg_id=f"completed:{run_id}:{message.state.value}",
+            subjects.completed_subject(tenant),
+            completed.model_copy(update={"request_id": request_id, "tenant": tenant}),
+            msg_id=f"completed:{completed.run_id}:{request_id}:{completed.state.value}",
             stream=subjects.STREAM_RUNS,
-        )
-        await self.store.mark_published(run_id)
-        log.info(
-            "run_completed_published",
-            run_id=run_id,
-            request_id=message.request_id,
-            state=message.state.value,
-            missing=len(message.missing),
-            findings_total=message.findings_total,
         )
 
     async def sweep(self) -> None:
@@ -310,6 +381,9 @@ class EvidenceService:
                 log.error("manifest_seal_failed", run_id=sealing, error=describe_failure(exc))
         for run_id in await self.store.unpublished_runs():
             try:
+                # Sealed first: a run finalised by a handler a moment ago may not have its manifests yet, and its
+                # RunCompleted must not go out before them (appending is idempotent).
+                await self.seal_manifests(run_id)
                 await self.publish_completion(run_id)
             except Exception as exc:
                 log.error("completion_publish_failed", run_id=run_id, error=f"{type(exc).__name__}: {exc}")
@@ -404,6 +478,22 @@ def create_evidence(
     )
     async def on_findings_reported(msg: NatsMessage) -> None:
         await chunks(msg)
+
+    joins_spec = evidence_joins_consumer()
+    joins: Consumer[RunJoined] = Consumer(
+        spec=joins_spec,
+        model=RunJoined,
+        handler=service.handle_join,
+        broker=broker,
+        settings=settings,
+        context=lambda j: {"run_id": j.run_id, "request_id": j.request_id},
+    )
+
+    @durable_subscriber(
+        broker, joins_spec, description="Requests coalesced into a run in flight: answered when the run is final."
+    )
+    async def on_run_joined(msg: NatsMessage) -> None:
+        await joins(msg)
 
     letters_spec = evidence_dead_letters_consumer()
     letters: Consumer[DeadLetter] = Consumer(

@@ -70,7 +70,15 @@ class Reports:
             run.run_id, account_id=request.account_id, offset=offset, limit=request.page_size
         )
         summary = summary_of(run)
-        head = ReportPage(ok=True, run=summary, services=services, findings_total=total)
+        names = await self._store.account_names()
+        accounts = {s.account_id for s in services}
+        head = ReportPage(
+            ok=True,
+            run=summary,
+            services=services,
+            findings_total=total,
+            account_names={a: n for a, n in sorted(names.items()) if a in accounts},
+        )
         size = self._fitting_page_size(len(head.model_dump_json()), findings, request.page_size)
         if size != request.page_size:
             log.info("report_page_shrunk", run_id=run.run_id, requested=request.page_size, page_size=size)

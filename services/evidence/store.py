@@ -61,6 +61,7 @@ from shared.messages import (
     FindingsReported,
     PlannedCheck,
     RunCompleted,
+    RunJoined,
     RunPlanned,
     RunState,
     Service,
@@ -220,6 +221,20 @@ manifests = Table(
     PrimaryKeyConstraint("account_id", "sequence"),
     UniqueConstraint("account_id", "previous_sha256", name="uq_evidence_manifests_predecessor"),
 )
+
+run_requests = Table(
+    "evidence_run_requests",
+    metadata,
+    Column("run_id", String(64), nullable=False),
+    Column("request_id", String(128), nullable=False, index=True),
+    Column("tenant", String(64)),
+    Column("requested_by", Text, nullable=False),
+    Column("joined_at", UtcDateTime, nullable=False),
+    Column("published_state", String(16)),
+    PrimaryKeyConstraint("run_id", "request_id"),
+)
+"""Requests coalesced into a run in flight (RunJoined). Each is owed the run's RunCompleted under its own request_id
+whenever the run is final in a state other than `published_state` (the state last published to it)."""
 
 chain_heads = Table(
     "evidence_chain_heads",
@@ -622,9 +637,70 @@ class EvidenceStore:
         )
         return [StatusCount(r.check_id, Status(r.status), int(r.n)) for r in rows]
 
-    async def mark_published(self, run_id: str) -> None:
+    async def mark_published(self, run_id: str, state: RunState | None = None) -> None:
+        """The run's RunCompleted is published; with `state`, only while the run is still in that state (a run that
+        changed state meanwhile, INCOMPLETE -> COMPLETE, still owes the new one)."""
+        query = update(runs).where(runs.c.run_id == run_id)
+        if state is not None:
+            query = query.where(runs.c.state == state.value)
         async with self._engine.begin() as conn:
-            await conn.execute(update(runs).where(runs.c.run_id == run_id).values(completion_published=True))
+            await conn.execute(query.values(completion_published=True))
+
+    # --- requests coalesced into runs in flight -----------------------------------------------
+
+    async def save_join(self, joined: RunJoined, published: RunState | None = None) -> None:
+        """Record a request that joined a run (idempotent; the run may not be stored yet). `published`: the run's
+        RunCompleted in that state was already sent to it (a request joining a final run is answered first)."""
+        insert = self._insert(run_requests).values(
+            run_id=joined.run_id,
+            request_id=joined.request_id,
+            tenant=joined.tenant,
+            requested_by=joined.requested_by,
+            joined_at=joined.joined_at,
+            published_state=published.value if published is not None else None,
+        )
+        if published is None:
+            insert = insert.on_conflict_do_nothing(index_elements=["run_id", "request_id"])
+        else:
+            insert = insert.on_conflict_do_update(
+                index_elements=["run_id", "request_id"], set_={"published_state": published.value}
+            )
+        async with self._engine.begin() as conn:
+            await conn.execute(insert)
+
+    async def joined_state(self, run_id: str, request_id: str) -> tuple[bool, RunState | None]:
+        """(whether the request's join is recorded, the run state last published to it)."""
+        query = select(run_requests.c.published_state).where(
+            run_requests.c.run_id == run_id, run_requests.c.request_id == request_id
+        )
+        async with self._reader.connect() as conn:
+            row = (await conn.execute(query)).one_or_none()
+        if row is None:
+            return False, None
+        return True, RunState(row.published_state) if row.published_state else None
+
+    async def owed_joiners(self, run_id: str) -> list[tuple[str, str | None]]:
+        """(request_id, tenant) of the requests that joined this final run and are owed its current RunCompleted."""
+        query = (
+            select(run_requests.c.request_id, run_requests.c.tenant)
+            .select_from(run_requests.join(runs, runs.c.run_id == run_requests.c.run_id))
+            .where(run_requests.c.run_id == run_id, runs.c.state.in_(_FINAL_STATES), _owed_joiner())
+            .order_by(run_requests.c.request_id)
+        )
+        async with self._reader.connect() as conn:
+            return [(r.request_id, r.tenant) for r in (await conn.execute(query)).all()]
+
+    async def mark_joiners_published(self, run_id: str, request_ids: list[str], state: RunState) -> None:
+        async with self._engine.begin() as conn:
+            for start in range(0, len(request_ids), 500):
+                await conn.execute(
+                    update(run_requests)
+                    .where(
+                        run_requests.c.run_id == run_id,
+                        run_requests.c.request_id.in_(request_ids[start : start + 500]),
+                    )
+                    .values(published_state=state.value)
+                )
 
     # --- dead letters -------------------------------------------------------------------------
 
@@ -976,19 +1052,30 @@ class EvidenceStore:
         return cast(datetime, value)
 
     async def unpublished_runs(self) -> list[str]:
+        """Final runs that still owe a RunCompleted: to their own request, or to a request that joined them."""
+        owes_joiner = (
+            select(run_requests.c.run_id)
+            .select_from(run_requests.join(runs, runs.c.run_id == run_requests.c.run_id))
+            .where(runs.c.state.in_(_FINAL_STATES), _owed_joiner())
+            .distinct()
+        )
         query = (
             select(runs.c.run_id)
-            .where(runs.c.state.in_(_FINAL_STATES), runs.c.completion_published.is_(False))
+            .where(
+                runs.c.state.in_(_FINAL_STATES),
+                or_(runs.c.completion_published.is_(False), runs.c.run_id.in_(owes_joiner)),
+            )
             .order_by(runs.c.completed_at)
         )
         async with self._reader.connect() as conn:
             return list((await conn.scalars(query)).all())
 
-    async def pending_completion(self, run_id: str) -> RunCompleted | None:
-        """The RunCompleted of a finalised run whose completion was not yet published, rebuilt from the row."""
-        query = select(runs).where(
-            runs.c.run_id == run_id, runs.c.state.in_(_FINAL_STATES), runs.c.completion_published.is_(False)
-        )
+    async def pending_completion(self, run_id: str, *, published_too: bool = False) -> RunCompleted | None:
+        """The RunCompleted of a finalised run whose completion was not yet published (with `published_too`: also
+        when it was), rebuilt from the row."""
+        query = select(runs).where(runs.c.run_id == run_id, runs.c.state.in_(_FINAL_STATES))
+        if not published_too:
+            query = query.where(runs.c.completion_published.is_(False))
         async with self._reader.connect() as conn:
             row = (await conn.execute(query)).one_or_none()
         if row is None:
@@ -1044,12 +1131,14 @@ class EvidenceStore:
     async def find_run(
         self, *, run_id: str | None = None, request_id: str | None = None, account_id: str | None = None
     ) -> StoredRun | None:
-        """A run by id, by request id, or the latest one (optionally among runs that planned `account_id`)."""
+        """A run by id, by request id (the run it led, or the run it joined), or the latest one (optionally among runs
+        that planned `account_id`)."""
         query = select(runs)
         if run_id is not None:
             query = query.where(runs.c.run_id == run_id)
         if request_id is not None:
-            query = query.where(runs.c.request_id == request_id)
+            joined = select(run_requests.c.run_id).where(run_requests.c.request_id == request_id)
+            query = query.where(or_(runs.c.request_id == request_id, runs.c.run_id.in_(joined)))
         if account_id is not None:
             query = query.where(
                 select(pairs.c.run_id)
@@ -1236,6 +1325,11 @@ class _ChunkStatements:
             chunk_insert=insert(chunks).on_conflict_do_nothing(index_elements=[*PAIR_KEY, "attempt", "chunk_index"]),
             findings_insert=insert(findings).on_conflict_do_nothing(index_elements=["finding_id"]),
         )
+
+
+def _owed_joiner() -> Any:
+    """A joined request (row of evidence_run_requests joined with its run) not yet sent the run's current state."""
+    return or_(run_requests.c.published_state.is_(None), run_requests.c.published_state != runs.c.state)
 
 
 def _pair_where(table: Table, key: Mapping[str, str]) -> Any:

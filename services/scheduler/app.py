@@ -7,16 +7,25 @@ from faststream import AckPolicy
 from faststream.nats import NatsMessage
 from pydantic import ValidationError
 
+from services.scheduler.coalesce import Coalescer
 from services.scheduler.cron import Schedules
 from services.scheduler.planner import Planner
 from shared import subjects
 from shared.accounts import ALL_REGIONS
 from shared.aws import AwsClients, TransientAwsError, classify_error
 from shared.connect import check_connection
-from shared.consume import Consumer, Rejected, validation_reason
+from shared.consume import Consumer, Delivery, Rejected, validation_reason
 from shared.credentials import AccountAccess, UnregisteredAccount, account_access
-from shared.messages import ConnectionTestRequest, ConnectionTestResult, RunRequested
-from shared.nats import ConsumerSpec, durable_subscriber, make_broker, scheduler_consumer, scheduler_tenant_consumer
+from shared.messages import ConnectionTestRequest, ConnectionTestResult, RunCompleted, RunRequested
+from shared.nats import (
+    ConsumerSpec,
+    durable_subscriber,
+    make_broker,
+    scheduler_completions_consumer,
+    scheduler_consumer,
+    scheduler_tenant_completions_consumer,
+    scheduler_tenant_consumer,
+)
 from shared.service import ServiceApp
 from shared.settings import Settings
 
@@ -62,7 +71,14 @@ def create_service(
     broker = make_broker(url, name="scheduler", settings=settings)
     access = access or account_access(settings, aws)
     aws = access.base
-    planner = Planner(broker=broker, settings=settings, access=access, regions=ScanRegions(settings, access))
+    coalescer = Coalescer(broker)
+    planner = Planner(
+        broker=broker,
+        settings=settings,
+        access=access,
+        regions=ScanRegions(settings, access),
+        coalescer=coalescer if settings.coalesce else None,
+    )
 
     def consumer_of(spec: ConsumerSpec) -> Consumer[RunRequested]:
         return Consumer(
@@ -90,6 +106,40 @@ def create_service(
     )
     async def on_tenant_run_requested(msg: NatsMessage) -> None:
         await tenant_requests(msg)
+
+    async def release(completed: RunCompleted, delivery: Delivery, msg: NatsMessage) -> None:
+        # Also with KUSHIM_COALESCE off: claims made before it was turned off are released all the same.
+        if await coalescer.release(completed.run_id):
+            log.info("coalescing_claim_released", state=completed.state.value)
+
+    def completions_of(spec: ConsumerSpec) -> Consumer[RunCompleted]:
+        return Consumer(
+            spec=spec,
+            model=RunCompleted,
+            handler=release,
+            broker=broker,
+            settings=settings,
+            context=lambda c: {"run_id": c.run_id, "request_id": c.request_id},
+        )
+
+    completions = completions_of(scheduler_completions_consumer())
+    tenant_completions = completions_of(scheduler_tenant_completions_consumer())
+
+    @durable_subscriber(
+        broker,
+        scheduler_completions_consumer(),
+        description="A completed run releases its coalescing claim: identical requests from then on start a new run.",
+    )
+    async def on_run_completed(msg: NatsMessage) -> None:
+        await completions(msg)
+
+    @durable_subscriber(
+        broker,
+        scheduler_tenant_completions_consumer(),
+        description="A tenant's completed run (kushim.runs.completed.<tenant>) releases its coalescing claim.",
+    )
+    async def on_tenant_run_completed(msg: NatsMessage) -> None:
+        await tenant_completions(msg)
 
     # Core request/reply (no stream): nothing to ack; FastStream accepts only MANUAL on a core subscription.
     @broker.subscriber(

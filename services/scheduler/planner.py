@@ -11,12 +11,14 @@ from datetime import UTC, datetime, timedelta
 import structlog
 from faststream.nats import NatsBroker, NatsMessage
 
+from services.scheduler.coalesce import Coalescer, Role, scope_key
 from shared import subjects
 from shared.consume import Delivery, Rejected
 from shared.credentials import AccountAccess
 from shared.messages import (
     CheckRequested,
     PlannedCheck,
+    RunJoined,
     RunPlanned,
     RunRejected,
     RunRequested,
@@ -40,8 +42,11 @@ class Planner:
         access: AccountAccess,
         regions: RegionResolver,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        coalescer: Coalescer | None = None,
     ) -> None:
+        """`coalescer`: identical requests join the run in flight (None: every request plans its own run)."""
         self._broker = broker
+        self._coalescer = coalescer
         self._settings = settings
         self._access = access
         self._regions = regions
@@ -106,6 +111,19 @@ class Planner:
             )
             for pair in expected
         ]
+        if self._coalescer is not None:
+            # Nothing can reject the request any more (accounts, regions, messages all valid): claim or join now.
+            decision = await self._coalescer.decide(
+                run_id=run_id,
+                scope=scope_key(tenant, regions, services),
+                planned_at=plan.planned_at,
+                deadline_at=plan.deadline_at,
+            )
+            if decision.role is Role.JOIN:
+                await self._join(request, tenant, decision.run_id)
+                return
+            # A redelivered leader republishes the plan it decided first (same times, same Nats-Msg-Id).
+            plan = plan.model_copy(update={"planned_at": decision.planned, "deadline_at": decision.deadline})
         # Every message is built before any is published. A redelivered request republishes with the same ids:
         # the streams' duplicate window drops the copies.
         await publish_durable(
@@ -128,6 +146,24 @@ class Planner:
             services=[s.value for s in services],
             checks=len(expected),
         )
+
+    async def _join(self, request: RunRequested, tenant: str | None, run_id: str) -> None:
+        """No second scan: the identical run in flight answers this request too (its RunCompleted, this id)."""
+        joined = RunJoined(
+            run_id=run_id,
+            request_id=request.request_id,
+            tenant=tenant,
+            requested_by=request.requested_by,
+            joined_at=self._clock(),
+        )
+        await publish_durable(
+            self._broker,
+            subjects.RUNS_JOINED,
+            joined,
+            msg_id=f"joined:{run_id}:{request.request_id}",
+            stream=subjects.STREAM_RUNS,
+        )
+        log.info("run_joined", run_id=run_id, request_id=request.request_id, tenant=tenant)
 
     async def rejected(self, body: bytes, reason: str, delivery: Delivery) -> None:
         """Answer a refused request on kushim.runs.rejected (a tenant's on kushim.runs.rejected.<tenant>), echoing

@@ -69,7 +69,7 @@ async def test_older_empty_and_newer_schemas_are_refused(database_url: str) -> N
         async with store.engine.begin() as conn:
             await conn.run_sync(_to("0001"))
         with pytest.raises(
-            migrate.SchemaError, match=r"revision 0001, this Kushim needs 0003: run `kushim db upgrade`"
+            migrate.SchemaError, match=r"revision 0001, this Kushim needs 0004: run `kushim db upgrade`"
         ):
             await store.check_schema()
         await store.migrate()  # 0001 -> head keeps working
