@@ -58,15 +58,16 @@ class AccountGuard:
         self._lock = asyncio.Lock()
 
     async def clients(self, account_id: str) -> AwsClients:
-        try:
-            aws = await self._access.clients(account_id)
-        except UnregisteredAccount as exc:
-            raise Rejected(f"{exc}; not scanned") from exc
         async with self._lock:
-            if self._verified.get(account_id) is aws:
-                return aws
             try:
-                actual = await aws.caller_account()
+                aws = await self._access.clients(account_id)
+                if self._verified.get(account_id) is aws:
+                    return aws
+                # The default credentials' account is known (and cached) already; others are asked once.
+                own = aws is self._access.base
+                actual = await (self._access.caller_account() if own else aws.caller_account())
+            except UnregisteredAccount as exc:
+                raise Rejected(f"{exc}; not scanned") from exc
             except Exception as exc:
                 err = classify_error("sts", "GetCallerIdentity", exc)
                 if err.transient:

@@ -1,4 +1,4 @@
-"""A service's lifecycle: declare the topology, start the broker and background loops, stop gracefully."""
+"""A service's lifecycle: declare (or check) the topology, start the broker and background loops, stop gracefully."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import nats
 import structlog
 from faststream.nats import NatsBroker
 
-from shared.nats import declare_topology
 from shared.settings import Settings
+from shared.topology import ensure_topology
 
 log = structlog.get_logger(__name__)
 
@@ -35,7 +35,7 @@ class ServiceApp:
     async def start(self) -> None:
         nc = await nats.connect(self.url, connect_timeout=5, max_reconnect_attempts=3, name=f"kushim-{self.name}-setup")
         try:
-            await declare_topology(nc.jetstream(), self.settings)
+            await ensure_topology(nc.jetstream(), self.settings)
         finally:
             await nc.close()
         try:

@@ -98,6 +98,7 @@ async def test_two_member_accounts_by_assume_role_each_see_only_their_own_resour
         wire = bytes(proxy.sent).decode("latin-1")
 
     assert report.run.state is RunState.COMPLETE
+    assert report.account_names == {ALPHA: "alpha", BETA: "beta"}  # the registry's names, mirrored for reports
     seen: dict[str, set[str]] = {}
     for finding in report.findings:
         seen.setdefault(finding.account_id, set()).add(finding.resource_id)

@@ -53,6 +53,7 @@ class Report:
     run: RunSummary
     services: list[ServiceResult]
     findings: list[Finding] = field(default_factory=list)
+    account_names: dict[str, str] = field(default_factory=dict)
 
 
 class KushimClient:
@@ -250,7 +251,12 @@ class KushimClient:
                 break
             # the service may shrink the page size to stay under the payload limit: follow its numbering
             page_no, page_size = page.next_page, page.page_size or page_size
-        return Report(run=first.run if first.run else page.run, services=list(first.services), findings=findings)
+        return Report(
+            run=first.run if first.run else page.run,
+            services=list(first.services),
+            findings=findings,
+            account_names=dict(first.account_names),
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import signal
 import sys
 import time
@@ -16,6 +17,7 @@ from pydantic import AliasChoices, TypeAdapter, ValidationError
 from rich.table import Table
 
 from services.cli import render
+from services.cli.accounts_cmd import accounts_app
 from services.cli.client import (
     CouldNotRun,
     KushimClient,
@@ -29,6 +31,7 @@ from services.cli.client import (
 from services.cli.common import Output, broker_url, err, load_settings, out
 from services.cli.db import db_app
 from services.cli.evidence_cmd import evidence_app
+from services.cli.nats_cmd import nats_app
 from services.cli.runs_cmd import export, history, runs
 from services.cli.state import SERVICE_NAMES, clear_state, write_state
 from shared.consume import validation_reason
@@ -266,22 +269,39 @@ def connect(
         bool, typer.Option("--remote", help="Ask the running Kushim (its scheduler) instead of testing from here.")
     ] = False,
     output: Annotated[Output, typer.Option("--output", "-o", help="table or json.")] = Output.table,
+    account: Annotated[
+        str | None,
+        typer.Option(
+            "--account",
+            help="A registered account, tested with its own access (assumed role, secret); default: Kushim's own "
+            "credentials.",
+        ),
+    ] = None,
 ) -> None:
     """Test the AWS connection: IAM, S3, CloudTrail and the evidence bucket, each Connected or the exact failure
-    with its fix. Exit 0 when everything connects, 4 otherwise."""
-    from shared.aws import AwsClients
+    with its fix. Exit 0 when everything connects, 4 otherwise (2 for an unregistered --account)."""
+    from shared.accounts import RegistryError
     from shared.connect import check_connection
+    from shared.credentials import UnregisteredAccount, account_access
 
     settings = load_settings()
     configure_logging("WARNING", settings.log_format)
+    if account is not None and not re.fullmatch(r"[0-9]{12}", account):
+        err.print(f"[red]Not an AWS account id:[/red] {account!r} (12 digits)")
+        raise typer.Exit(render.EXIT_USAGE)
 
     async def local() -> ConnectionTestResult:
-        return await check_connection(settings, AwsClients(settings))
+        access = account_access(settings)
+        if account is None:
+            return await check_connection(settings, access.base)
+        target = await access.clients(account)
+        described = access.describe_access(account) if target is not access.base else None
+        return await check_connection(settings, target, access=described, account_id=account)
 
     async def via_nats() -> ConnectionTestResult:
         client = await KushimClient.connect(broker_url(settings))
         try:
-            return await client.connection_test(request_id=f"cli-{uuid.uuid4().hex}")
+            return await client.connection_test(request_id=f"cli-{uuid.uuid4().hex}", account_id=account)
         finally:
             await client.close()
 
@@ -290,6 +310,12 @@ def connect(
     except CouldNotRun as exc:
         err.print(f"[red]Could not run:[/red] {exc}")
         raise typer.Exit(render.EXIT_COULD_NOT_RUN) from None
+    except (UnregisteredAccount, RegistryError) as exc:
+        err.print(f"[red]Cannot test:[/red] {exc}")
+        raise typer.Exit(render.EXIT_USAGE) from None
+    if result.error:
+        err.print(f"[red]Cannot test:[/red] {result.error}")
+        raise typer.Exit(render.EXIT_USAGE)
     if output is Output.json:
         out.print_json(result.model_dump_json())
     else:
@@ -363,6 +389,8 @@ app.command()(history)
 app.command()(export)
 app.add_typer(db_app)
 app.add_typer(evidence_app)
+app.add_typer(accounts_app)
+app.add_typer(nats_app)
 
 
 def main() -> None:

@@ -83,6 +83,7 @@ def report_json(report: Report) -> dict[str, Any]:
             }
             for s in report.services
         ],
+        "account_names": report.account_names,
         "findings": [_finding_json(f) for f in sorted_findings(report.findings)],
     }
 
@@ -106,7 +107,8 @@ def print_report(report: Report, console: Console, gating: Mapping[str, bool] | 
     console.print(f"[bold]Kushim compliance report[/bold]  run {run.run_id}  [bold]{run.state.value}[/bold]")
     console.print(f"requested {run.requested_at:%Y-%m-%d %H:%M:%S %Z} by {run.requested_by} (request {run.request_id})")
     accounts = sorted({s.account_id for s in report.services})
-    console.print(f"account(s): {', '.join(accounts) or '-'}")
+    named = [f"{a} ({report.account_names[a]})" if a in report.account_names else a for a in accounts]
+    console.print(f"account(s): {', '.join(named) or '-'}")
     if run.missing:
         missing = ", ".join(f"{m.account_id}/{m.service.value}" for m in run.missing)
         console.print(f"[yellow]INCOMPLETE: no results from {missing}[/yellow]")

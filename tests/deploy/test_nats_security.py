@@ -28,13 +28,13 @@ from shared.accounts import Account, AssumeRoleAccess, Registry, Tenant
 from shared.aws import AwsClients
 from shared.embedded import EmbeddedNats, start_nats
 from shared.messages import FindingsReported, RunState, Service, Status
-from shared.nats import make_broker
+from shared.nats import declare_topology, make_broker
 from shared.settings import Settings
 from tests.conftest import MOTO_ACCOUNT
 from tests.evidence.factory import make_chunks, make_finding, new_request_id
 
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "nats" / "nats-server.conf"
-USERS = ("scheduler", "collector", "evidence", "operator", "external", "partner")
+USERS = ("scheduler", "collector", "evidence", "operator", "external", "partner", "admin")
 USER_OF_SERVICE = {
     "scheduler": "scheduler",
     "collector-iam": "collector",
@@ -109,9 +109,16 @@ async def secured_stack(
     )
     await migrate_database(settings)
     aws = AwsClients(settings)
+    # The administrator creates the topology once; the services, whose users may not, only check it.
+    admin = await _connect(secured_nats.url("admin"))
+    try:
+        await declare_topology(admin.jetstream(), settings)
+    finally:
+        await admin.close()
+    locked = settings.model_copy(update={"declare_topology": False})
     async with AsyncExitStack() as stack:
         for name, factory in SERVICES.items():
-            app = factory(settings, url=secured_nats.url(USER_OF_SERVICE[name]), aws=aws)
+            app = factory(locked, url=secured_nats.url(USER_OF_SERVICE[name]), aws=aws)
             await app.start()
             stack.push_async_callback(app.stop)
         yield settings
@@ -199,28 +206,48 @@ async def test_services_run_under_their_own_users_and_outsiders_can_only_request
         assert all("permissions violation" in e.lower() for e in violations.errors)
     finally:
         await outsider.close()
+    # The services did all of this within their own, narrower permissions: the server logged no violation by them.
+    assert _violations_by(secured_nats, "scheduler", "collector", "evidence", "operator") == []
+
+
+def _violations_by(secured: SecuredNats, *users: str) -> list[str]:
+    lines = secured.server.log_file.read_text(errors="replace").splitlines()
+    return [line for line in lines if "Violation" in line and any(f"user:{u}\"" in line for u in users)]
 
 
 async def test_services_cannot_purge_or_delete_streams(secured_nats: SecuredNats, secured_stack: Settings) -> None:
-    """Even a service's user (which declares the topology) may not purge or delete a stream or a consumer; the
-    findings stream itself also refuses purges."""
+    """A service's user may not purge, delete, update or create a stream or a consumer, nor fetch from another
+    service's consumer; the findings stream itself also refuses purges."""
     for user in ("collector", "evidence", "scheduler"):
         violations = Violations()
         nc = await _connect(secured_nats.url(user), violations)
         try:
             before = await _stream_counts(nc)
-            for api in (
-                f"$JS.API.STREAM.PURGE.{subjects.STREAM_FINDINGS}",
-                f"$JS.API.STREAM.DELETE.{subjects.STREAM_FINDINGS}",
-                f"$JS.API.CONSUMER.DELETE.{subjects.STREAM_CHECKS}.{subjects.collector_durable(Service.IAM)}",
+            findings = await nc.jetstream().stream_info(subjects.STREAM_FINDINGS)
+            shrunk = findings.config.as_dict() | {"max_msgs": 1}
+            own = "scheduler-run-requests" if user == "scheduler" else subjects.collector_durable(Service.IAM)
+            for api, body in (
+                (f"$JS.API.STREAM.PURGE.{subjects.STREAM_FINDINGS}", b""),
+                (f"$JS.API.STREAM.DELETE.{subjects.STREAM_FINDINGS}", b""),
+                (f"$JS.API.CONSUMER.DELETE.{subjects.STREAM_CHECKS}.{subjects.collector_durable(Service.IAM)}", b""),
+                # A limit change would purge as surely as a purge: only the administrator may update a stream.
+                (f"$JS.API.STREAM.UPDATE.{subjects.STREAM_FINDINGS}", json.dumps(shrunk).encode()),
+                (f"$JS.API.CONSUMER.CREATE.{subjects.STREAM_FINDINGS}", b"{}"),
+                (f"$JS.API.CONSUMER.MSG.NEXT.{subjects.STREAM_FINDINGS}.{subjects.DURABLE_EVIDENCE_FINDINGS}", b""),
+                (f"$JS.API.STREAM.CREATE.KV_{user}", b"{}"),
             ):
-                await nc.publish(api, b"")
+                if user == "evidence" and "MSG.NEXT" in api:
+                    continue  # its own consumer
+                await nc.publish(api, body, reply=f"_INBOX.{own}")
             await nc.flush()
             await asyncio.sleep(0.3)
             assert await _stream_counts(nc) == before
             info = await nc.jetstream().consumer_info(subjects.STREAM_CHECKS, subjects.collector_durable(Service.IAM))
             assert info.name == subjects.collector_durable(Service.IAM)
-            assert len(violations.errors) == 3, violations.errors
+            after = await nc.jetstream().stream_info(subjects.STREAM_FINDINGS)
+            assert after.config.max_msgs == findings.config.max_msgs
+            expected = 6 if user == "evidence" else 7
+            assert len(violations.errors) == expected, violations.errors
         finally:
             await nc.close()
 

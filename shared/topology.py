@@ -1,0 +1,80 @@
+"""Who creates the JetStream topology. By default every service declares it at start (`declare_topology`): the
+embedded stack needs nothing else. A locked-down deployment lets only an administrator create and update streams
+and consumers (`kushim nats init`, run once per release, e.g. as a Kubernetes Job) and starts the services with
+`KUSHIM_DECLARE_TOPOLOGY=false`: they then only check that everything exists, so their NATS users need no
+permission to create, update, purge or delete anything (deploy/nats/nats-server.conf)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import structlog
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from shared.nats import all_consumers, consumer_config, declare_topology, stream_configs
+from shared.settings import Settings
+
+log = structlog.get_logger(__name__)
+
+
+class TopologyError(Exception):
+    """A stream or durable consumer a service needs does not exist."""
+
+
+@dataclass(frozen=True, slots=True)
+class Drift:
+    """A consumer whose limits differ from this Kushim's settings (`kushim nats init` brings them in line)."""
+
+    name: str
+    field: str
+    found: object
+    wanted: object
+
+
+async def verify_topology(js: JetStreamContext, settings: Settings) -> list[Drift]:
+    """Check that every stream and durable consumer exists; return the consumers whose limits differ."""
+    missing: list[str] = []
+    for stream in stream_configs(settings):
+        try:
+            await js.stream_info(str(stream.name))
+        except NotFoundError:
+            missing.append(f"stream {stream.name}")
+    drift: list[Drift] = []
+    for spec in all_consumers():
+        try:
+            info = await js.consumer_info(spec.stream, spec.durable)
+        except NotFoundError:
+            missing.append(f"consumer {spec.stream}/{spec.durable}")
+            continue
+        wanted = consumer_config(spec, settings)
+        found = info.config
+        for field in ("max_deliver", "ack_wait", "filter_subject", "max_ack_pending"):
+            if getattr(found, field) != getattr(wanted, field):
+                drift.append(
+                    Drift(f"{spec.stream}/{spec.durable}", field, getattr(found, field), getattr(wanted, field))
+                )
+    if missing:
+        raise TopologyError(
+            f"the JetStream topology is incomplete ({', '.join(missing[:6])}{' …' if len(missing) > 6 else ''}): "
+            "run `kushim nats init` with a NATS user allowed to create streams (deploy/nats: admin), or start the "
+            "service with KUSHIM_DECLARE_TOPOLOGY=true"
+        )
+    for item in drift:
+        log.warning(
+            "consumer_config_differs",
+            consumer=item.name,
+            field=item.field,
+            found=item.found,
+            wanted=item.wanted,
+            fix="kushim nats init",
+        )
+    return drift
+
+
+async def ensure_topology(js: JetStreamContext, settings: Settings) -> None:
+    """Declare the topology (KUSHIM_DECLARE_TOPOLOGY, the default) or only check it."""
+    if settings.declare_topology:
+        await declare_topology(js, settings)
+    else:
+        await verify_topology(js, settings)
