@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -14,6 +16,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from shared.embedded import EmbeddedNats, start_nats
+from shared.log import configure_logging
 from shared.settings import Settings
 
 DUMMY_ENV = {
@@ -39,6 +42,17 @@ def _isolated_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> No
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def debug_log() -> Iterator[io.StringIO]:
+    """Every log line of the test (ours, FastStream's, nats-py's, botocore's), as JSON, at DEBUG."""
+    stream = io.StringIO()
+    configure_logging("DEBUG", "json", stream=stream)
+    try:
+        yield stream
+    finally:
+        logging.getLogger().handlers.clear()
 
 
 @pytest.fixture

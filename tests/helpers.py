@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import TypeVar
@@ -66,3 +68,35 @@ async def eventually(
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+async def until(condition: Callable[[], bool], timeout: float = 15.0, what: str = "condition") -> None:
+    """`eventually` for a condition that needs no I/O."""
+
+    async def probe() -> bool:
+        return condition()
+
+    await eventually(probe, timeout=timeout, interval=0.02, what=what)
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The test's environment without any KUSHIM_ setting, plus `extra`: what a `kushim` subprocess sees."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUSHIM_")}
+    env.update(extra)
+    return env
+
+
+async def kushim(*args: str, env: dict[str, str], timeout: float = 120) -> tuple[int, str, str]:
+    """Run the `kushim` command in a subprocess: (exit code, stdout, stderr)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.cli.main",
+        *args,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()

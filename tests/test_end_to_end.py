@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import sqlite3
 import sys
@@ -26,6 +25,7 @@ from shared.embedded import EmbeddedNats, free_port
 from shared.messages import RunState, Service, Soc2Control, Status
 from shared.settings import Settings
 from tests.conftest import MOTO_ACCOUNT, boto3_client
+from tests.helpers import cli_env, kushim
 
 EVIDENCE_BUCKET = "kushim-evidence-storage-demo"
 PLANTED_SECRET = "e2ePlantedSecretValueThatMustNeverBeLogged0"
@@ -161,27 +161,6 @@ async def test_demo_account_end_to_end(
     assert {s.evidence_location for s in report.services} == {f"s3://{EVIDENCE_BUCKET}/{k}" for k in keys}
 
 
-async def _kushim(*args: str, env: dict[str, str], timeout: float = 120) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "services.cli.main",
-        *args,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
-def cli_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KUSHIM_")}
-    env.update(extra)
-    return env
-
-
 async def test_missing_collector_ends_incomplete_and_check_exits_3(
     make_settings: Callable[..., Settings], nats_server: EmbeddedNats, moto_endpoint: str
 ) -> None:
@@ -194,7 +173,7 @@ async def test_missing_collector_ends_incomplete_and_check_exits_3(
     )
     services = ("evidence", "collector-iam", "collector-s3", "scheduler")
     async with running_stack(settings, services=services, migrate=True):
-        code, out, err = await _kushim(
+        code, out, err = await kushim(
             "check", "-s", "s3", "-s", "cloudtrail", "--output", "json", env=cli_env(KUSHIM_NATS_URL=nats_server.url)
         )
     assert code == EXIT_ERROR, err
@@ -208,7 +187,7 @@ async def test_missing_collector_ends_incomplete_and_check_exits_3(
 
 
 async def test_check_exits_4_when_the_broker_is_unreachable() -> None:
-    code, _, err = await _kushim("check", env=cli_env(KUSHIM_NATS_URL=f"nats://127.0.0.1:{free_port()}"), timeout=60)
+    code, _, err = await kushim("check", env=cli_env(KUSHIM_NATS_URL=f"nats://127.0.0.1:{free_port()}"), timeout=60)
     assert code == EXIT_COULD_NOT_RUN
     assert "Could not run" in err
 
@@ -238,7 +217,7 @@ async def test_kushim_up_then_check_against_aws_endpoint_url(moto_endpoint: str,
             await asyncio.sleep(0.1)
         else:
             pytest.fail("kushim up did not write its state file")
-        code, out, err = await _kushim("check", "--wait", "--output", "json", env=env)
+        code, out, err = await kushim("check", "--wait", "--output", "json", env=env)
         assert code == EXIT_FAIL, err
         result = json.loads(out)
         assert result["status"] == "COMPLETE"
@@ -248,7 +227,7 @@ async def test_kushim_up_then_check_against_aws_endpoint_url(moto_endpoint: str,
             "CC7.2": "PASS",
         }
         assert {(f["check_id"], f["resource_id"], f["status"]) for f in result["findings"]} == TRUTH
-        code, out, _ = await _kushim("report", "--output", "json", env=env)
+        code, out, _ = await kushim("report", "--output", "json", env=env)
         assert code == EXIT_FAIL
         assert json.loads(out)["run_id"] == result["run_id"]
     finally:
@@ -265,7 +244,7 @@ async def test_up_without_credentials_refuses_to_start(tmp_path: Path) -> None:
     env = cli_env(KUSHIM_HOME=str(tmp_path / "home"), AWS_EC2_METADATA_DISABLED="true")
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"):
         env.pop(key, None)
-    code, _, err = await _kushim("up", env=env, timeout=60)
+    code, _, err = await kushim("up", env=env, timeout=60)
     assert code == EXIT_COULD_NOT_RUN
     assert "no AWS credentials found" in err
 
@@ -276,7 +255,7 @@ async def test_up_with_a_missing_evidence_bucket_refuses_to_start(moto_endpoint:
         AWS_ENDPOINT_URL=moto_endpoint,
         AWS_S3_BUCKET_NAME="kushim-evidence-storage-missing",
     )
-    code, _, err = await _kushim("up", env=env, timeout=60)
+    code, _, err = await kushim("up", env=env, timeout=60)
     assert code == EXIT_COULD_NOT_RUN
     assert "kushim-evidence-storage-missing" in err
     assert not (tmp_path / "home" / "state.json").exists()

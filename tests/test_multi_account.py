@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,6 @@ from services.cli.stack import running_stack
 from shared.accounts import Account, AssumeRoleAccess, SecretsManagerAccess, add_account, new_external_id
 from shared.aws import AwsClients
 from shared.credentials import CredentialSourceError, default_clients, refreshing_session, secret_fetcher
-from shared.log import configure_logging
 from shared.messages import RunState, Service, Status
 from shared.settings import Settings
 from tests.conftest import MOTO_ACCOUNT, boto3_client
@@ -34,16 +32,6 @@ from tests.proxy import TcpProxy
 
 ALPHA, BETA = "111111111111", "222222222222"
 ROLE = "KushimAudit"
-
-
-@pytest.fixture
-def debug_log() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    configure_logging("DEBUG", "json", stream=stream)
-    try:
-        yield stream
-    finally:
-        logging.getLogger().handlers.clear()
 
 
 def member_client(endpoint: str, account: str, service: str) -> Any:

@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import io
 import json
-import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,7 +16,6 @@ from services.cli.client import run_check
 from services.cli.demo_account import seed_demo_account
 from services.cli.stack import running_stack
 from shared import subjects
-from shared.log import configure_logging
 from shared.messages import RunState
 from shared.settings import Settings
 from tests.conftest import boto3_client
@@ -28,16 +26,6 @@ SECRET_KEY = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYPLANTEDKEY"
 SESSION_TOKEN = "FQoGZXIvYXdzEJr//////////wEaDPLANTEDTOKENxyz" + "B" * 120
 PLANTED = (ACCESS_KEY, SECRET_KEY, SESSION_TOKEN, "PLANTEDTOKEN", "PLANTEDKEY")
 EVIDENCE_BUCKET = "kushim-evidence-storage-demo"
-
-
-@pytest.fixture
-def debug_log() -> Iterator[io.StringIO]:
-    stream = io.StringIO()
-    configure_logging("DEBUG", "json", stream=stream)
-    try:
-        yield stream
-    finally:
-        logging.getLogger().handlers.clear()
 
 
 def _leaks(text: str) -> list[str]:

@@ -32,6 +32,7 @@ from shared.nats import declare_topology, make_broker
 from shared.settings import Settings
 from tests.conftest import MOTO_ACCOUNT
 from tests.evidence.factory import make_chunks, make_finding, new_request_id
+from tests.helpers import until
 
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "nats" / "nats-server.conf"
 USERS = ("scheduler", "collector", "evidence", "operator", "external", "partner", "admin")
@@ -212,7 +213,7 @@ async def test_services_run_under_their_own_users_and_outsiders_can_only_request
 
 def _violations_by(secured: SecuredNats, *users: str) -> list[str]:
     lines = secured.server.log_file.read_text(errors="replace").splitlines()
-    return [line for line in lines if "Violation" in line and any(f"user:{u}\"" in line for u in users)]
+    return [line for line in lines if "Violation" in line and any(f'user:{u}"' in line for u in users)]
 
 
 async def test_services_cannot_purge_or_delete_streams(secured_nats: SecuredNats, secured_stack: Settings) -> None:
@@ -320,7 +321,7 @@ async def test_a_tenant_can_request_only_accounts_on_its_allow_list(
 
         # An account outside the allow-list: rejected before any scan, answered on the tenant's subject.
         await _kushim_request(partner, "kushim.runs.requested.partner", "p-outside", accounts=[other])
-        await asyncio.wait_for(_until(lambda: "kushim.runs.rejected.partner p-outside" in outcomes), 30)
+        await until(lambda: "kushim.runs.rejected.partner p-outside" in outcomes, timeout=30)
         reason = outcomes["kushim.runs.rejected.partner p-outside"]["reason"]
         assert f"{other} are not on tenant partner's allow-list" in reason
         assert MOTO_ACCOUNT not in reason  # a tenant learns nothing about other registered accounts
@@ -339,7 +340,7 @@ async def test_a_tenant_can_request_only_accounts_on_its_allow_list(
 
         # Its allow-listed account: scanned, and the outcome arrives on the tenant's own subject.
         await _kushim_request(partner, "kushim.runs.requested.partner", "p-allowed", services=["iam"])
-        await asyncio.wait_for(_until(lambda: "kushim.runs.completed.partner p-allowed" in outcomes), 60)
+        await until(lambda: "kushim.runs.completed.partner p-allowed" in outcomes, timeout=60)
         completed = outcomes["kushim.runs.completed.partner p-allowed"]
         assert completed["state"] == "COMPLETE"
         assert completed["tenant"] == "partner"
@@ -348,11 +349,6 @@ async def test_a_tenant_can_request_only_accounts_on_its_allow_list(
     finally:
         await partner.close()
         await evidence_nc.close()
-
-
-async def _until(condition: Callable[[], bool]) -> None:
-    while not condition():
-        await asyncio.sleep(0.05)
 
 
 def write_registry(path: Path, *, tenant_accounts: list[str], other: str) -> None:

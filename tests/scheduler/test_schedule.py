@@ -32,7 +32,7 @@ from shared.accounts import Account, RegistryFile, add_account, remove_account
 from shared.embedded import EmbeddedNats
 from shared.nats import declare_topology, make_broker
 from shared.settings import Settings
-from tests.helpers import nats_client, stream_payloads
+from tests.helpers import nats_client, stream_payloads, until
 
 SLOT = datetime(2026, 11, 27, 2, 0, tzinfo=UTC)
 
@@ -271,18 +271,12 @@ async def test_schedules_follow_the_registry_without_a_restart(
         assert set(schedules.running) == {None}
         add_account(registry, Account(id="222222222222", name="b", schedule="30 1 * * *"))
         os.utime(registry, ns=(2, 2))  # a new modification time even on a coarse clock
-        await _until(lambda: len(schedules.running) == 2)
+        await until(lambda: len(schedules.running) == 2)
         remove_account(registry, "222222222222")
         os.utime(registry, ns=(3, 3))
-        await _until(lambda: set(schedules.running) == {None})
+        await until(lambda: set(schedules.running) == {None})
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
         await broker.stop()
-
-
-async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.02)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 
 import pytest
@@ -14,7 +11,7 @@ from shared.embedded import EmbeddedNats
 from shared.nats import declare_topology
 from shared.settings import Settings
 from shared.topology import TopologyError, verify_topology
-from tests.helpers import nats_client
+from tests.helpers import cli_env, kushim, nats_client
 
 
 async def test_a_service_that_may_not_declare_refuses_a_missing_topology_with_the_fix(
@@ -44,21 +41,15 @@ async def test_verify_reports_consumers_whose_limits_differ(
         assert {(d.field, d.found, d.wanted) for d in drift} == {("max_deliver", 5, 8)}
 
 
-def _kushim(*args: str, url: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KUSHIM_")} | {"KUSHIM_NATS_URL": url}
-    return subprocess.run(
-        [sys.executable, "-m", "services.cli.main", *args], env=env, capture_output=True, text=True, timeout=60
-    )
-
-
 async def test_nats_init_then_check(nats_server: EmbeddedNats, make_settings: Callable[..., Settings]) -> None:
-    missing = _kushim("nats", "check", url=nats_server.url)
-    assert missing.returncode == 4
-    assert "run `kushim nats init`" in missing.stderr
-    created = _kushim("nats", "init", url=nats_server.url)
-    assert created.returncode == 0, created.stderr
-    assert "JetStream topology ready" in created.stdout
-    assert _kushim("nats", "check", url=nats_server.url).returncode == 0
+    env = cli_env(KUSHIM_NATS_URL=nats_server.url)
+    code, _, err = await kushim("nats", "check", env=env)
+    assert code == 4
+    assert "run `kushim nats init`" in err
+    code, out, err = await kushim("nats", "init", env=env)
+    assert code == 0, err
+    assert "JetStream topology ready" in out
+    assert (await kushim("nats", "check", env=env))[0] == 0
     settings = make_settings(nats_url=nats_server.url, declare_topology=False)
     app = create_s3_collector(settings, url=nats_server.url)
     await app.start()  # only checks, and finds everything
