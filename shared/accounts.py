@@ -130,7 +130,7 @@ class Account(_Strict):
     @field_validator("schedule")
     @classmethod
     def _cron(cls, value: str | None) -> str | None:
-        if value is not None and not croniter.is_valid(value):
+        if value is not None and (len(value.split()) != 5 or not croniter.is_valid(value)):
             raise ValueError(f"{value!r} is not a 5-field cron expression (minute hour day month weekday)")
         return value
 
@@ -345,6 +345,11 @@ class RegistryFile:
         """The registry now; raises RegistryError only when no valid version was ever read."""
         stamp = self._stamp()
         if self._loaded is not None and self._loaded.stamp == stamp:
+            return self._loaded.registry
+        if stamp is None and self._loaded is not None and self._loaded.registry is not None:
+            # A vanished file (a ConfigMap being recreated, a wrong mount) is not "back to one account": the last
+            # registry stays in force until the file is back; going without a registry needs a restart.
+            log.error("account_registry_missing", path=str(self.path), keeping="previous version")
             return self._loaded.registry
         try:
             registry = load_registry(self.path)

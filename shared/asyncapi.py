@@ -102,7 +102,7 @@ def channels() -> tuple[Channel, ...]:
             f"scheduler (durable {subjects.DURABLE_SCHEDULER_TENANTS})",
             "A tenant's run request: only accounts on the tenant's allow-list in the account registry (none given: "
             "all of them). Answered on kushim.runs.completed.<tenant> or kushim.runs.rejected.<tenant>.",
-            stream=subjects.STREAM_RUNS,
+            stream=subjects.STREAM_TENANT_REQUESTS,
         ),
         Channel(
             subjects.RUNS_PLANNED,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager as AbstractClientCM
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -130,15 +130,28 @@ def error_code(exc: BaseException) -> str | None:
 @dataclass(slots=True, eq=False)
 class ApiCallCounter:
     """Counts AWS API requests by `service:Operation`, every attempt included (botocore's retries are requests
-    too), through botocore's `before-send` event."""
+    too), through botocore's `before-send` event.
+
+    `on_result(api, ok)`, when given, hears the end of every API call (botocore's `after-call` / `after-call-error`
+    events: once per call, after its retries): ok when AWS answered below HTTP 300."""
 
     counts: Counter[str] = field(default_factory=Counter)
+    on_result: Callable[[str, bool], None] | None = None
 
     def __call__(self, *, event_name: str = "", **_: Any) -> None:
         # event_name is "before-send.<service>.<Operation>"; returning None lets the request go out.
         parts = event_name.split(".")
         if len(parts) >= 3:
             self.counts[f"{parts[1]}:{parts[2]}"] += 1
+
+    def result(self, *, event_name: str = "", http_response: Any = None, **_: Any) -> None:
+        """botocore's `after-call.<service>.<Operation>` (with the HTTP response) and `after-call-error.<service>.
+        <Operation>` (an exception: no answer) events."""
+        parts = event_name.split(".")
+        if self.on_result is None or len(parts) < 3:
+            return
+        ok = parts[0] == "after-call" and http_response is not None and int(http_response.status_code) < 300
+        self.on_result(f"{parts[1]}:{parts[2]}", ok)
 
     def snapshot(self) -> dict[str, int]:
         return dict(sorted(self.counts.items()))
@@ -214,6 +227,9 @@ class AwsClients:
         ) as client:
             if counter is not None:
                 client.meta.events.register("before-send.*.*", counter)
+                if counter.on_result is not None:
+                    client.meta.events.register("after-call.*.*", counter.result)
+                    client.meta.events.register("after-call-error.*.*", counter.result)
             yield client
 
     async def resolve_credentials(self) -> None:

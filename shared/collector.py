@@ -9,6 +9,7 @@ and acking only after every chunk's PubAck.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,6 +25,7 @@ from shared.consume import Consumer, Delivery, Rejected
 from shared.credentials import AccountAccess, UnregisteredAccount
 from shared.messages import CheckRequested, Finding, Service, Status
 from shared.nats import collector_consumer, durable_subscriber, publish_durable
+from shared.observability import Metrics
 from shared.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -50,17 +52,20 @@ class CollectorSpec(Generic[S]):
 
 class AccountGuard:
     """The clients of a requested account, once its credentials are proven to belong to it (sts:GetCallerIdentity,
-    once per account and access): an unregistered account is rejected, a role pointing at another account too."""
+    once per account and access): an unregistered account is rejected, a role pointing at another account too.
+    Before every scan the account's credentials are obtained (a no-op while they are fresh), so a role or secret that
+    stopped working is reported as such, not as every API call of the scan being denied."""
 
     def __init__(self, access: AccountAccess) -> None:
         self._access = access
         self._verified: dict[str, AwsClients] = {}
-        self._lock = asyncio.Lock()
+        self._locks: dict[str, asyncio.Lock] = {}  # per account: one unreachable account must not hold up the others
 
     async def clients(self, account_id: str) -> AwsClients:
-        async with self._lock:
+        async with self._locks.setdefault(account_id, asyncio.Lock()):
             try:
                 aws = await self._access.clients(account_id)
+                await aws.resolve_credentials()
                 if self._verified.get(account_id) is aws:
                     return aws
                 # The default credentials' account is known (and cached) already; others are asked once.
@@ -99,11 +104,20 @@ class AccessFailed(Exception):
 
 
 class CollectorRuntime(Generic[S]):
-    def __init__(self, spec: CollectorSpec[S], *, broker: NatsBroker, settings: Settings, guard: AccountGuard) -> None:
+    def __init__(
+        self,
+        spec: CollectorSpec[S],
+        *,
+        broker: NatsBroker,
+        settings: Settings,
+        guard: AccountGuard,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.spec = spec
         self._broker = broker
         self._settings = settings
         self._guard = guard
+        self._metrics = metrics
 
     async def handle(self, request: CheckRequested, delivery: Delivery, msg: NatsMessage) -> None:
         if request.service is not self.spec.service:
@@ -113,15 +127,17 @@ class CollectorRuntime(Generic[S]):
         except AccessFailed as exc:
             log.warning("account_access_failed", code=exc.err.code, reason=exc.err.message)
             await self._publish_errors(request, delivery.num_delivered, exc.err)
+            self._count_check("access_failed")
             return
         started = datetime.now(UTC)
-        counter = ApiCallCounter()
+        counter = ApiCallCounter(on_result=self._metrics.aws_call if self._metrics is not None else None)
         log.info("scan_started", delivery=delivery.num_delivered)
         snapshot = await self.spec.collect(aws, request, counter, self._settings)
         ctx = RunContext(request.run_id, request.account_id, datetime.now(UTC), COLLECTOR_VERSION)
         findings = evaluate(self.spec.checks, snapshot, ctx)
         summary = self.spec.summarize(snapshot)
         await self._publish(request, delivery.num_delivered, findings, summary, counter.snapshot(), started)
+        self._count_check("reported")
         by_status = {s.value: sum(1 for f in findings if f.status is s) for s in Status}
         log.info("scan_reported", findings=len(findings), api_calls=sum(counter.counts.values()), **by_status)
 
@@ -131,7 +147,12 @@ class CollectorRuntime(Generic[S]):
             return False
         err = AwsCallError(self.spec.service.value, "Scan", type(exc).__name__, str(exc)[:500], "-", True)
         await self._publish_errors(request, delivery.num_delivered, err)
+        self._count_check("failed")
         return True
+
+    def _count_check(self, outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.checks.labels(service=self.spec.service.value, outcome=outcome).inc()
 
     async def _publish_errors(self, request: CheckRequested, attempt: int, err: AwsCallError) -> None:
         """One ERROR finding per check for the whole account: the run ends with ERROR rather than silence."""
@@ -172,13 +193,25 @@ class CollectorRuntime(Generic[S]):
             pair = f"{request.run_id}:{request.account_id}:{self.spec.service.value}"
             msg_id = f"findings:{pair}:{attempt}:{chunk.chunk_index}"
             await publish_durable(self._broker, subject, chunk, msg_id=msg_id, stream=subjects.STREAM_FINDINGS)
+        if self._metrics is not None:
+            tally = Counter((f.control.value, f.status.value) for f in findings)
+            for (control, status), count in tally.items():
+                self._metrics.findings.labels(service=self.spec.service.value, control=control, status=status).inc(
+                    count
+                )
 
 
 def register_collector(
-    broker: NatsBroker, spec: CollectorSpec[S], *, access: AccountAccess, settings: Settings
+    broker: NatsBroker,
+    spec: CollectorSpec[S],
+    *,
+    access: AccountAccess,
+    settings: Settings,
+    metrics: Metrics | None = None,
 ) -> CollectorRuntime[S]:
-    """Wire a collector onto a broker: its durable consumer, handler and dead letters."""
-    runtime = CollectorRuntime(spec, broker=broker, settings=settings, guard=AccountGuard(access))
+    """Wire a collector onto a broker: its durable consumer, handler and dead letters (`metrics`: where its scans,
+    findings and AWS calls are counted)."""
+    runtime = CollectorRuntime(spec, broker=broker, settings=settings, guard=AccountGuard(access), metrics=metrics)
     consumer_spec = collector_consumer(spec.service)
     consumer: Consumer[CheckRequested] = Consumer(
         spec=consumer_spec,

@@ -149,6 +149,19 @@ async def check_connection(
             continue
         if probe.service == "sts" and isinstance(answer, dict):
             account = str(answer.get("Account")) or None
+            if account_id is not None and account != account_id:
+                results.append(
+                    ServiceConnection(
+                        service=probe.service,
+                        connected=False,
+                        api_call=api_call,
+                        code="WrongAccount",
+                        message=f"the credentials for account {account_id} belong to account {account}",
+                        fix=f"register account {account} instead, or give {account_id} an access that reaches it "
+                        "(`kushim accounts add ... --role-name`)",
+                    )
+                )
+                continue
         results.append(ServiceConnection(service=probe.service, connected=True, api_call=api_call))
     return ConnectionTestResult(
         request_id=request_id,

@@ -31,6 +31,7 @@ from faststream.nats import NatsBroker, NatsMessage
 from nats.errors import Error as NatsError
 from nats.js.errors import APIError as JetStreamApiError
 from nats.js.errors import ServiceUnavailableError
+from opentelemetry import trace
 from pydantic import BaseModel, ValidationError
 
 from shared import subjects
@@ -256,6 +257,14 @@ async def keep_alive(msg: NatsMessage, interval: float) -> AsyncIterator[None]:
             await task
 
 
+def _annotate_span(context: dict[str, object]) -> None:
+    """The message's run context (run, request, account ids, service) on its processing span, when tracing: a trace
+    is found by its run id. Identifiers only, never payload values."""
+    span = trace.get_current_span()
+    if span.is_recording():
+        span.set_attributes({f"kushim.{key}": str(value) for key, value in context.items() if value is not None})
+
+
 Handler = Callable[[M, Delivery, NatsMessage], Awaitable[None]]
 OnRejected = Callable[[bytes, str, Delivery], Awaitable[None]]
 OnExhausted = Callable[[M, Delivery, BaseException], Awaitable[bool]]
@@ -305,7 +314,9 @@ class Consumer(Generic[M]):
                 await self._reject(msg, delivery, body, validation_reason(exc))
                 return
             if self._context is not None:
-                structlog.contextvars.bind_contextvars(**self._context(payload))
+                context = self._context(payload)
+                structlog.contextvars.bind_contextvars(**context)
+                _annotate_span(context)
             try:
                 async with (
                     keep_alive(msg, max(1.0, self._settings.ack_wait_seconds / 3)),

@@ -74,7 +74,7 @@ def secret_fetcher(
     base: AwsClients, access: SecretsManagerAccess, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 ) -> Callable[[], Awaitable[Metadata]]:
     async def fetch() -> Metadata:
-        async with base.client("secretsmanager", access.region) as sm:
+        async with base.client("secretsmanager", access.region or _arn_region(access.secret_id)) as sm:
             answer = await sm.get_secret_value(SecretId=access.secret_id)
         text = answer.get("SecretString")
         if not text:
@@ -102,6 +102,12 @@ def secret_fetcher(
         )
 
     return fetch
+
+
+def _arn_region(secret_id: str) -> str | None:
+    """The region of a secret given by ARN (arn:aws:secretsmanager:<region>:...), read there; None for a name."""
+    parts = secret_id.split(":")
+    return parts[3] or None if secret_id.startswith("arn:") and len(parts) > 3 else None
 
 
 def refreshing_session(fetch: Callable[[], Awaitable[Metadata]], method: str) -> AioSession:

@@ -14,6 +14,7 @@ from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 import structlog
+from opentelemetry import trace
 from structlog.types import EventDict, Processor, WrappedLogger
 
 REDACTED = "***"
@@ -75,6 +76,16 @@ def _redact_rendered_exception(_: WrappedLogger, __: str, event_dict: EventDict)
     return event_dict
 
 
+def add_trace_ids(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    """structlog processor: the `trace_id` and `span_id` of the active span (a message's processing under
+    KUSHIM_TRACING), so that a log line leads to its trace. Nothing without tracing."""
+    context = trace.get_current_span().get_span_context()
+    if context.is_valid:
+        event_dict.setdefault("trace_id", format(context.trace_id, "032x"))
+        event_dict.setdefault("span_id", format(context.span_id, "016x"))
+    return event_dict
+
+
 THIRD_PARTY_LOGGERS: Mapping[str, int] = {
     "faststream": logging.INFO,
     "faststream.access.nats": logging.WARNING,
@@ -86,6 +97,7 @@ THIRD_PARTY_LOGGERS: Mapping[str, int] = {
     "aiohttp": logging.WARNING,
     "sqlalchemy": logging.WARNING,
     "werkzeug": logging.WARNING,
+    "uvicorn": logging.WARNING,
 }
 
 
@@ -97,6 +109,7 @@ def configure_logging(level: str = "INFO", fmt: str = "console", stream: Any = N
         structlog.stdlib.add_log_level,
         structlog.stdlib.add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        add_trace_ids,
         redact_secrets,
     ]
     renderer: Processor

@@ -8,13 +8,14 @@ Streams and durable pull consumers are created or updated here with `add_stream`
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import structlog
 from faststream import AckPolicy
 from faststream.nats import JStream, NatsBroker, PullSub
+from faststream.types import BrokerMiddleware
 from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy as JsAckPolicy,
@@ -71,8 +72,15 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
     return [
         StreamConfig(
             name=subjects.STREAM_RUNS,
-            subjects=["kushim.runs.>"],
-            description="Run requests, plans, completions and rejections.",
+            subjects=list(subjects.RUNS_SUBJECTS),
+            description="Run requests, plans, joins, completions and rejections (not tenants' requests).",
+            max_age=30 * DAY,
+            **common,
+        ),
+        StreamConfig(
+            name=subjects.STREAM_TENANT_REQUESTS,
+            subjects=[subjects.TENANT_RUNS_REQUESTED],
+            description="Tenants' run requests (kushim.runs.requested.<tenant>), de-duplicated apart from Kushim's.",
             max_age=30 * DAY,
             **common,
         ),
@@ -97,7 +105,12 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
             name=subjects.STREAM_ADVISORIES,
             subjects=[
                 f"$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{stream}.>"
-                for stream in (subjects.STREAM_RUNS, subjects.STREAM_CHECKS, subjects.STREAM_FINDINGS)
+                for stream in (
+                    subjects.STREAM_RUNS,
+                    subjects.STREAM_TENANT_REQUESTS,
+                    subjects.STREAM_CHECKS,
+                    subjects.STREAM_FINDINGS,
+                )
             ],
             description="The server's record of every message a consumer gave up on after max_deliver deliveries.",
             max_age=90 * DAY,
@@ -130,7 +143,7 @@ def scheduler_consumer() -> ConsumerSpec:
 
 def scheduler_tenant_consumer() -> ConsumerSpec:
     return ConsumerSpec(
-        subjects.STREAM_RUNS,
+        subjects.STREAM_TENANT_REQUESTS,
         subjects.DURABLE_SCHEDULER_TENANTS,
         subjects.TENANT_RUNS_REQUESTED,
         "Scheduler: tenants' run requests",
@@ -255,8 +268,13 @@ async def declare_topology(js: JetStreamContext, settings: Settings) -> None:
     log.debug("topology_declared", streams=len(stream_configs(settings)), consumers=len(all_consumers()))
 
 
-def make_broker(url: str, *, name: str, settings: Settings) -> NatsBroker:
-    """A broker that reconnects forever (FastStream#1538) and logs through our structlog-routed stdlib logger."""
+def make_broker(
+    url: str, *, name: str, settings: Settings, middlewares: Sequence[BrokerMiddleware[Any, Any]] = ()
+) -> NatsBroker:
+    """A broker that reconnects forever (FastStream#1538) and logs through our structlog-routed stdlib logger.
+
+    `middlewares`: FastStream broker middlewares, outermost first (`Observability.broker_middlewares`: tracing,
+    Prometheus metrics, dead-letter counting)."""
     return NatsBroker(
         url,
         name=f"kushim-{name}",
@@ -266,6 +284,7 @@ def make_broker(url: str, *, name: str, settings: Settings) -> NatsBroker:
         graceful_timeout=max(5.0, settings.ack_wait_seconds / 2),
         logger=logging.getLogger(f"faststream.access.nats.{name}"),
         log_level=logging.DEBUG,
+        middlewares=middlewares,
     )
 
 

@@ -31,6 +31,27 @@ class ServiceApp:
     background: list[Hook] = field(default_factory=list)
     on_stop: list[Hook] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _running: bool = field(default=False, init=False)
+
+    @property
+    def running(self) -> bool:
+        """Started (topology checked, hooks run, broker subscribed) and not stopping."""
+        return self._running
+
+    async def connected(self, timeout: int = 2) -> bool:
+        """Is the broker connected to NATS right now? A PING answered within `timeout` proves it (a connection the
+        server dropped without a word would otherwise look connected until the client's own pings fail)."""
+        try:
+            nc = self.broker.connection
+        except Exception:  # never connected, or stopped
+            return False
+        if nc is None or not nc.is_connected:
+            return False
+        try:
+            await nc.flush(timeout=timeout)
+        except Exception:
+            return False
+        return True
 
     async def start(self) -> None:
         nc = await nats.connect(self.url, connect_timeout=5, max_reconnect_attempts=3, name=f"kushim-{self.name}-setup")
@@ -50,6 +71,7 @@ class ServiceApp:
             raise
         for loop in self.background:
             self._tasks.append(asyncio.create_task(self._guarded(loop), name=f"{self.name}-background"))
+        self._running = True
         log.info("service_started", service=self.name)
 
     async def _guarded(self, loop: Hook) -> None:
@@ -64,6 +86,7 @@ class ServiceApp:
                 await asyncio.sleep(2.0)
 
     async def stop(self) -> None:
+        self._running = False
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:

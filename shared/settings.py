@@ -98,6 +98,12 @@ class Settings(BaseSettings):
         "is in flight, a request joins it instead of scanning again and gets its RunCompleted under its own "
         "request_id. A new run starts once the one in flight completed.",
     )
+    coalesce_window_seconds: float = Field(
+        30.0,
+        ge=0,
+        description="How long after a run was planned an identical request may still join it; later requests start a "
+        "new run (its scans may have read AWS before the request was made).",
+    )
     regions: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
         description="Comma-separated regions the collectors inspect (CloudTrail), or `all`: every region enabled for "
@@ -141,6 +147,26 @@ class Settings(BaseSettings):
     # --- logging ---------------------------------------------------------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     log_format: Literal["console", "json"] = Field("console", description="`console` for people, `json` for machines.")
+
+    # --- observability ---------------------------------------------------------------------
+    http_host: str | None = Field(
+        None,
+        description="Address of the HTTP server (/healthz, /readyz, /metrics). Unset: 0.0.0.0 for `kushim serve` "
+        "(probes and scrapes come from outside the container), 127.0.0.1 for `kushim up`.",
+    )
+    http_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="Port of the HTTP server (/healthz, /readyz, /metrics). Unset: 8080 for `kushim serve`, no server "
+        "for `kushim up` (set it to get one); 0: no server. `kushim demo` never starts one.",
+    )
+    tracing: Literal["none", "console", "otlp"] = Field(
+        "none",
+        description="OpenTelemetry tracing of the services: `none`; `console` (spans as JSON on stdout); `otlp` "
+        "(needs the opentelemetry-exporter-otlp-proto-http package, or -grpc with OTEL_EXPORTER_OTLP_PROTOCOL=grpc; "
+        "endpoint and headers from the standard OTEL_EXPORTER_OTLP_* variables, service name from OTEL_SERVICE_NAME).",
+    )
 
     # --- AWS (the integration guide's names) -----------------------------------------------
     aws_region: str = Field(
@@ -207,7 +233,7 @@ class Settings(BaseSettings):
     @field_validator("schedule")
     @classmethod
     def _valid_cron(cls, value: str) -> str:
-        if not croniter.is_valid(value):
+        if len(value.split()) != 5 or not croniter.is_valid(value):
             raise ValueError(f"{value!r} is not a valid 5-field cron expression (minute hour day month weekday)")
         return value
 

@@ -48,6 +48,19 @@ CONNECTION_TEST: Final = "kushim.api.connection-test"
 
 # --- streams --------------------------------------------------------------------------------
 STREAM_RUNS: Final = "KUSHIM_RUNS"
+STREAM_TENANT_REQUESTS: Final = "KUSHIM_TENANT_REQUESTS"
+"""Tenants' run requests, in a stream of their own: JetStream de-duplicates message ids per stream, so a tenant
+choosing the id of one of Kushim's own messages (a scheduled slot's, a plan's) must not be able to suppress it."""
+RUNS_SUBJECTS: Final = (
+    "kushim.runs.requested",
+    "kushim.runs.planned",
+    "kushim.runs.joined",
+    "kushim.runs.completed",
+    "kushim.runs.completed.*",
+    "kushim.runs.rejected",
+    "kushim.runs.rejected.*",
+)
+"""The subjects of KUSHIM_RUNS: everything under kushim.runs but tenants' requests."""
 STREAM_CHECKS: Final = "KUSHIM_CHECKS"
 STREAM_FINDINGS: Final = "KUSHIM_FINDINGS"
 STREAM_DLQ: Final = "KUSHIM_DLQ"

@@ -148,7 +148,10 @@ async def test_a_hung_scan_times_out_and_is_retried(
     make_settings: Callable[..., Settings], nats_server: EmbeddedNats, moto_endpoint: str
 ) -> None:
     settings = make_settings(
-        nats_url=nats_server.url, aws_endpoint_url=moto_endpoint, handler_timeout_seconds=0.5, retry_delay_seconds=0.05
+        nats_url=nats_server.url,
+        aws_endpoint_url=moto_endpoint,
+        handler_timeout_seconds=2.0,
+        retry_delay_seconds=0.05,  # the account check runs first, inside it
     )
     calls: list[int] = []
 

@@ -35,7 +35,7 @@ from shared.accounts import (
     remove_tenant,
     trust_policy,
 )
-from shared.aws import AwsClients
+from shared.credentials import default_clients
 from shared.log import configure_logging
 from shared.messages import AccountId
 from shared.organizations import DiscoveryError, Organization, describe_organization
@@ -132,7 +132,7 @@ def role_arn_for(account_id: str, role_name: str, partition: str = "aws") -> str
 
 def _kushim_principal(settings: Settings, partition: str) -> str:
     """`arn:<partition>:iam::<account of Kushim's own credentials>:root` (sts:GetCallerIdentity)."""
-    account = asyncio.run(AwsClients(settings).caller_account())
+    account = asyncio.run(default_clients(settings).caller_account())
     return f"arn:{partition}:iam::{account}:root"
 
 
@@ -538,7 +538,7 @@ def discover(
     if add_missing and not role_name:
         _usage("--add needs --role-name: the role Kushim assumes in each account.")
     registry = _load(path)
-    aws = AwsClients(settings)
+    aws = default_clients(settings)
     try:
         organization = asyncio.run(describe_organization(aws))
     except DiscoveryError as exc:

@@ -14,6 +14,8 @@ import structlog
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js.api import PubAck
+from opentelemetry import propagate, trace
+from opentelemetry.trace import TracerProvider
 from pydantic import BaseModel
 
 from shared import subjects
@@ -57,11 +59,16 @@ class Report:
 
 
 class KushimClient:
-    def __init__(self, nc: NatsClient) -> None:
+    def __init__(self, nc: NatsClient, *, tracer_provider: TracerProvider | None = None) -> None:
+        """`tracer_provider`: run requests are published in a span of their own, whose trace the services continue
+        (None: no span; the caller's active span, if any, is still propagated)."""
         self._nc = nc
+        self._tracer_provider = tracer_provider
 
     @classmethod
-    async def connect(cls, url: str, timeout: float = 5.0) -> KushimClient:
+    async def connect(
+        cls, url: str, timeout: float = 5.0, *, tracer_provider: TracerProvider | None = None
+    ) -> KushimClient:
         """Connect once within `timeout`; afterwards reconnect for as long as the command runs."""
         nc = NatsClient()
         errors: list[str] = []
@@ -89,7 +96,7 @@ class KushimClient:
             else:
                 reason = str(exc) or type(exc).__name__
             raise CouldNotRun(f"cannot reach the NATS server at {safe_url(url)}: {reason}") from exc
-        return cls(nc)
+        return cls(nc, tracer_provider=tracer_provider)
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -111,18 +118,36 @@ class KushimClient:
             requested_at=datetime.now(UTC),
         )
         js = self._nc.jetstream()
-        try:
-            return await js.publish(
-                subjects.RUNS_REQUESTED,
-                request.model_dump_json().encode(),
-                stream=subjects.STREAM_RUNS,
-                headers={"Nats-Msg-Id": request_id},
-                timeout=5.0,
-            )
-        except Exception as exc:
-            raise CouldNotRun(
-                f"the run request was not accepted by JetStream ({exc or type(exc).__name__}); is Kushim running?"
-            ) from exc
+        with self._publish_span(subjects.RUNS_REQUESTED, request_id):
+            headers = {"Nats-Msg-Id": request_id}
+            propagate.inject(headers)  # W3C traceparent of the active span: the services continue its trace
+            try:
+                return await js.publish(
+                    subjects.RUNS_REQUESTED,
+                    request.model_dump_json().encode(),
+                    stream=subjects.STREAM_RUNS,
+                    headers=headers,
+                    timeout=5.0,
+                )
+            except Exception as exc:
+                raise CouldNotRun(
+                    f"the run request was not accepted by JetStream ({exc or type(exc).__name__}); is Kushim running?"
+                ) from exc
+
+    def _publish_span(self, subject: str, message_id: str) -> contextlib.AbstractContextManager[object]:
+        if self._tracer_provider is None:
+            return contextlib.nullcontext()
+        tracer = trace.get_tracer("kushim.client", tracer_provider=self._tracer_provider)
+        return tracer.start_as_current_span(
+            f"{subject} publish",
+            kind=trace.SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "nats",
+                "messaging.operation": "publish",
+                "messaging.destination.name": subject,
+                "messaging.message.id": message_id,
+            },
+        )
 
     async def run_and_wait(
         self,
@@ -290,9 +315,10 @@ async def run_check(
     timeout: float = 1200.0,
     request_id: str | None = None,
     progress: Callable[[Progress], None] | None = None,
+    tracer_provider: TracerProvider | None = None,
 ) -> Report:
-    """Request a run, wait for it and read its whole report."""
-    client = await KushimClient.connect(url)
+    """Request a run, wait for it and read its whole report (`tracer_provider`: the run's trace starts here)."""
+    client = await KushimClient.connect(url, tracer_provider=tracer_provider)
     try:
         request_id = request_id or f"cli-{uuid.uuid4().hex}"
         run_id = await client.run_and_wait(

@@ -38,6 +38,7 @@ from shared.consume import validation_reason
 from shared.controls import CATALOG, CONTROL_TITLES, gating_table
 from shared.log import configure_logging
 from shared.messages import AccountId, ConnectionTestResult, Service
+from shared.observability import TracingUnavailable, tracer_provider_from_settings
 from shared.permissions import read_only_policy
 from shared.settings import Settings
 
@@ -92,11 +93,17 @@ def check(
         raise typer.Exit(render.EXIT_USAGE) from None
     url = broker_url(settings)
     try:
+        # console spans on stderr: stdout is the report (`--output json` must stay JSON)
+        tracer_provider = tracer_provider_from_settings(settings, service_name="kushim-cli", console=sys.stderr)
+    except TracingUnavailable as exc:
+        err.print(f"[red]Could not run:[/red] {exc}")
+        raise typer.Exit(render.EXIT_COULD_NOT_RUN) from None
+    try:
         if not wait:
             request_id = f"cli-{uuid.uuid4().hex}"
 
             async def publish() -> str:
-                client = await KushimClient.connect(url)
+                client = await KushimClient.connect(url, tracer_provider=tracer_provider)
                 try:
                     await client.request_run(request_id, accounts=account, services=service)
                 finally:
@@ -115,9 +122,20 @@ def check(
                 def show(progress: Progress) -> None:
                     status.update(progress.describe())
 
-                report = asyncio.run(run_check(url, accounts=account, services=service, timeout=timeout, progress=show))
+                report = asyncio.run(
+                    run_check(
+                        url,
+                        accounts=account,
+                        services=service,
+                        timeout=timeout,
+                        progress=show,
+                        tracer_provider=tracer_provider,
+                    )
+                )
         else:
-            report = asyncio.run(run_check(url, accounts=account, services=service, timeout=timeout))
+            report = asyncio.run(
+                run_check(url, accounts=account, services=service, timeout=timeout, tracer_provider=tracer_provider)
+            )
     except RunRejectedError as exc:
         err.print(f"[red]Run rejected:[/red] {exc}")
         raise typer.Exit(render.EXIT_USAGE) from None
@@ -127,6 +145,9 @@ def check(
     except CouldNotRun as exc:
         err.print(f"[red]Could not run:[/red] {exc}")
         raise typer.Exit(render.EXIT_COULD_NOT_RUN) from None
+    finally:
+        if tracer_provider is not None:
+            tracer_provider.shutdown()  # export the request's span before the process ends
     raise typer.Exit(_show(report, output, settings))
 
 
@@ -202,27 +223,37 @@ def up() -> None:
     async def main() -> None:
         stop = stop_on_signals()
         from services.cli.stack import PreflightError, preflight, running_stack
-        from shared.aws import AwsClients
+        from shared.credentials import default_clients
+        from shared.observability import Observability
+        from shared.probes import http_binding
 
-        aws = AwsClients(settings)
+        observability = Observability.from_settings(settings, service_name="kushim")
+        http = http_binding(settings, serve=False)  # only when KUSHIM_HTTP_PORT asks for one
+        aws = default_clients(settings)  # KUSHIM_AWS_SECRET_ID: the keys in Secrets Manager
         try:
             account = await preflight(settings, aws)
         except PreflightError as exc:
+            observability.shutdown()
             err.print(f"[red]Kushim could not start:[/red] {exc}")
             raise typer.Exit(render.EXIT_COULD_NOT_RUN) from None
         err.print(f"Checking AWS account {account} (region {settings.aws_region}).")
-        async with running_stack(settings, aws=aws, migrate=True) as stack:
-            state = write_state(settings.home, stack.url)
-            err.print(
-                f"[green]Kushim is up[/green]: broker {safe_url(stack.url)}, "
-                f"database {safe_url(settings.effective_database_url)}, "
-                f"schedule '{settings.schedule}' UTC{'' if settings.schedule_enabled else ' (disabled)'}.\n"
-                f"State in {state}. Run `kushim check` in another terminal; Ctrl-C stops."
-            )
-            try:
-                await stop.wait()
-            finally:
-                clear_state(settings.home)
+        try:
+            async with running_stack(settings, aws=aws, migrate=True, observability=observability, http=http) as stack:
+                state = write_state(settings.home, stack.url)
+                endpoints = f" HTTP on {http.host}:{http.port} (/healthz, /readyz, /metrics)." if http else ""
+                err.print(
+                    f"[green]Kushim is up[/green]: broker {safe_url(stack.url)}, "
+                    f"database {safe_url(settings.effective_database_url)}, "
+                    f"schedule '{settings.schedule}' UTC{'' if settings.schedule_enabled else ' (disabled)'}."
+                    f"{endpoints}\n"
+                    f"State in {state}. Run `kushim check` in another terminal; Ctrl-C stops."
+                )
+                try:
+                    await stop.wait()
+                finally:
+                    clear_state(settings.home)
+        finally:
+            observability.shutdown()
 
     try:
         asyncio.run(main())
@@ -250,9 +281,17 @@ def serve(
     async def main() -> None:
         stop = stop_on_signals()
         from services.cli.stack import running_stack
+        from shared.observability import Observability
+        from shared.probes import http_binding
 
-        async with running_stack(settings, services=[service]):
-            await stop.wait()
+        observability = Observability.from_settings(settings, service_name=f"kushim-{service}")
+        try:
+            async with running_stack(
+                settings, services=[service], observability=observability, http=http_binding(settings, serve=True)
+            ):
+                await stop.wait()
+        finally:
+            observability.shutdown()
 
     try:
         asyncio.run(main())

@@ -21,6 +21,8 @@ from services.scheduler.app import create_service as create_scheduler
 from shared.aws import AwsClients, classify_error
 from shared.credentials import default_clients
 from shared.embedded import EmbeddedNats, start_nats
+from shared.observability import Observability
+from shared.probes import HttpBinding, http_server
 from shared.service import ServiceApp
 from shared.settings import Settings
 
@@ -53,12 +55,36 @@ async def running_stack(
     nats_store: Path | None = None,
     aws: AwsClients | None = None,
     migrate: bool = False,
+    observability: Observability | None = None,
+    http: HttpBinding | None = None,
 ) -> AsyncIterator[Stack]:
     """Start a nats-server (unless settings name one) and the given services; stop everything on exit.
 
     `migrate`: bring the evidence database to this Kushim's schema first (`up` and `demo` own their embedded
     database; `serve` leaves that to `kushim db upgrade` and refuses an unmigrated schema).
+    `observability`: the process's metrics registry and tracer provider (default: metrics only, no tracing).
+    `http`: serve /healthz, /readyz and /metrics there, from before the services start until after they stopped
+    (alive while starting, ready once every service is started and connected).
     """
+    obs = observability or Observability()
+    obs.expect(services)
+    async with contextlib.AsyncExitStack() as exits:
+        if http is not None:
+            await exits.enter_async_context(http_server(obs, http))
+        async with _services(settings, services, nats_store=nats_store, aws=aws, migrate=migrate, obs=obs) as stack:
+            yield stack
+
+
+@contextlib.asynccontextmanager
+async def _services(
+    settings: Settings,
+    services: Sequence[str],
+    *,
+    nats_store: Path | None,
+    aws: AwsClients | None,
+    migrate: bool,
+    obs: Observability,
+) -> AsyncIterator[Stack]:
     if migrate and "evidence" in services:
         await migrate_database(settings)
     embedded: EmbeddedNats | None = None
@@ -71,7 +97,8 @@ async def running_stack(
     apps: list[ServiceApp] = []
     try:
         for name in services:
-            app = SERVICES[name](settings, url=url, aws=aws)
+            app = SERVICES[name](settings, url=url, aws=aws, observability=obs)
+            obs.track(app)
             await app.start()
             apps.append(app)
         yield Stack(url=url, apps=apps, nats=embedded)

@@ -13,6 +13,7 @@ from shared.collector import CollectorSpec, Summary, register_collector
 from shared.credentials import account_access
 from shared.messages import CheckRequested, Service
 from shared.nats import make_broker
+from shared.observability import Observability
 from shared.service import ServiceApp
 from shared.settings import Settings
 
@@ -52,9 +53,12 @@ def spec_with_limiters(limiters: LookupLimiters) -> CollectorSpec[CloudTrailSnap
     return replace(SPEC, collect=collect_limited)
 
 
-def create_service(settings: Settings, *, url: str, aws: AwsClients | None = None) -> ServiceApp:
+def create_service(
+    settings: Settings, *, url: str, aws: AwsClients | None = None, observability: Observability | None = None
+) -> ServiceApp:
     """Build the service: its broker, the durable consumer wiring and the AWS clients (nothing connects yet)."""
-    broker = make_broker(url, name=NAME, settings=settings)
+    obs = observability or Observability()
+    broker = make_broker(url, name=NAME, settings=settings, middlewares=obs.broker_middlewares(NAME))
     spec = spec_with_limiters(LookupLimiters(settings.lookup_events_rate))
-    register_collector(broker, spec, access=account_access(settings, aws), settings=settings)
+    register_collector(broker, spec, access=account_access(settings, aws), settings=settings, metrics=obs.metrics)
     return ServiceApp(name=NAME, broker=broker, url=url, settings=settings)

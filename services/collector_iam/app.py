@@ -10,6 +10,7 @@ from shared.collector import CollectorSpec, Summary, register_collector
 from shared.credentials import account_access
 from shared.messages import Service
 from shared.nats import make_broker
+from shared.observability import Observability
 from shared.service import ServiceApp
 from shared.settings import Settings
 
@@ -53,8 +54,11 @@ SPEC: CollectorSpec[IamSnapshot] = CollectorSpec(
 )
 
 
-def create_service(settings: Settings, *, url: str, aws: AwsClients | None = None) -> ServiceApp:
+def create_service(
+    settings: Settings, *, url: str, aws: AwsClients | None = None, observability: Observability | None = None
+) -> ServiceApp:
     """Build the service: its broker, the durable consumer wiring and the AWS clients (nothing connects yet)."""
-    broker = make_broker(url, name=NAME, settings=settings)
-    register_collector(broker, SPEC, access=account_access(settings, aws), settings=settings)
+    obs = observability or Observability()
+    broker = make_broker(url, name=NAME, settings=settings, middlewares=obs.broker_middlewares(NAME))
+    register_collector(broker, SPEC, access=account_access(settings, aws), settings=settings, metrics=obs.metrics)
     return ServiceApp(name=NAME, broker=broker, url=url, settings=settings)

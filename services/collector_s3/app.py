@@ -12,6 +12,7 @@ from shared.collector import CollectorSpec, Summary, register_collector
 from shared.credentials import account_access
 from shared.messages import Service
 from shared.nats import make_broker
+from shared.observability import Observability
 from shared.service import ServiceApp
 from shared.settings import Settings
 
@@ -62,8 +63,11 @@ def summarize(snapshot: S3Snapshot) -> Summary:
 SPEC: CollectorSpec[S3Snapshot] = CollectorSpec(service=Service.S3, checks=CHECKS, collect=collect, summarize=summarize)
 
 
-def create_service(settings: Settings, *, url: str, aws: AwsClients | None = None) -> ServiceApp:
+def create_service(
+    settings: Settings, *, url: str, aws: AwsClients | None = None, observability: Observability | None = None
+) -> ServiceApp:
     """Build the service: its broker, the durable consumer wiring and the AWS clients (nothing connects yet)."""
-    broker = make_broker(url, name=NAME, settings=settings)
-    register_collector(broker, SPEC, access=account_access(settings, aws), settings=settings)
+    obs = observability or Observability()
+    broker = make_broker(url, name=NAME, settings=settings, middlewares=obs.broker_middlewares(NAME))
+    register_collector(broker, SPEC, access=account_access(settings, aws), settings=settings, metrics=obs.metrics)
     return ServiceApp(name=NAME, broker=broker, url=url, settings=settings)

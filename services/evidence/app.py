@@ -30,14 +30,14 @@ from services.evidence.document import EvidenceDocument, build_document
 from services.evidence.manifest import GENESIS_SHA256, manifest_parts
 from services.evidence.report import Reports
 from services.evidence.store import EvidenceStore, PairKey
-from services.evidence.upload import EvidenceConflict, S3Uploader, Uploader
+from services.evidence.upload import EvidenceConflict, S3Uploader, StoredObject, Uploader
 from shared import subjects
 from shared.accounts import Registry, RegistryFile
 from shared.aws import AwsClients
 from shared.consume import Consumer, Delivery, Rejected, describe_failure
 from shared.controls import gating_table
 from shared.credentials import default_clients
-from shared.messages import DeadLetter, FindingsReported, RunCompleted, RunJoined, RunPlanned
+from shared.messages import DeadLetter, FindingsReported, RunCompleted, RunJoined, RunPlanned, RunState
 from shared.nats import (
     durable_subscriber,
     evidence_dead_letters_consumer,
@@ -47,6 +47,7 @@ from shared.nats import (
     make_broker,
     publish_durable,
 )
+from shared.observability import Metrics, Observability
 from shared.service import ServiceApp
 from shared.settings import Settings
 
@@ -68,8 +69,10 @@ class EvidenceService:
         uploader: Uploader | None,
         url: str | None = None,
         registry: RegistryFile | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
+        self._metrics = metrics
         self._registry = registry
         self._mirrored: Registry | None = None
         self.broker = broker
@@ -208,7 +211,7 @@ class EvidenceService:
             return False
         document = build_document(material)
         if self.uploader is not None:
-            stored = await self.uploader.put(document)
+            stored = await self._upload("document", self.uploader, document)
             location, version_id, replay = stored.location, stored.version_id, stored.replay
         else:
             location, version_id, replay = "database", None, False
@@ -234,13 +237,48 @@ class EvidenceService:
 
     async def settle(self, run_id: str, *, deadline_passed: bool = False) -> None:
         """Finalise the run if it can be, then publish its RunCompleted if that is still owed."""
-        state = await self.store.finalize_run(
-            run_id, datetime.now(UTC), deadline_passed=deadline_passed, gating=self._gating
-        )
+        now = datetime.now(UTC)
+        state = await self.store.finalize_run(run_id, now, deadline_passed=deadline_passed, gating=self._gating)
         if state is not None:
             log.info("run_finalized", run_id=run_id, state=state.value, deadline_passed=deadline_passed)
-        await self.seal_manifests(run_id)
-        await self.publish_completion(run_id)
+            if self._metrics is not None:
+                self._metrics.runs_completed.labels(state=state.value).inc()
+        try:
+            await self.seal_manifests(run_id)
+            await self.publish_completion(run_id)
+        finally:
+            if state is not None:  # measured once the completion is out: the duration's read delays nothing
+                await self._observe_duration(run_id, state, now)
+
+    async def _upload(self, kind: str, uploader: Uploader, document: EvidenceDocument) -> StoredObject:
+        """One put into the evidence bucket, counted by kind (document, manifest) and outcome."""
+        try:
+            stored = await uploader.put(document)
+        except EvidenceConflict:
+            self._count_upload(kind, "conflict")
+            raise
+        except Exception:
+            self._count_upload(kind, "error")
+            raise
+        self._count_upload(kind, "replay" if stored.replay else "stored")
+        return stored
+
+    def _count_upload(self, kind: str, outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.evidence_uploads.labels(kind=kind, outcome=outcome).inc()
+
+    async def _observe_duration(self, run_id: str, state: RunState, completed_at: datetime) -> None:
+        """A finalised run's duration from plan to finalisation. Never fails the handler (the run is final)."""
+        if self._metrics is None:
+            return
+        try:
+            planned_at = await self.store.planned_at_of(run_id)
+        except Exception as exc:
+            log.warning("run_duration_unknown", run_id=run_id, error=describe_failure(exc))
+            return
+        if planned_at is not None:
+            seconds = max(0.0, (completed_at - planned_at).total_seconds())
+            self._metrics.run_duration.labels(state=state.value).observe(seconds)
 
     async def seal_manifests(self, run_id: str | None) -> None:
         """Append the run's manifests to their accounts' chains (once the run is final), then upload every manifest
@@ -257,7 +295,7 @@ class EvidenceService:
             return
         for record in await self.store.pending_manifests(run_id):
             document = EvidenceDocument(record.key, record.body, record.sha256, dated=record.requested_at)
-            stored = await self.uploader.put(document)
+            stored = await self._upload("manifest", self.uploader, document)
             await self.store.mark_manifest_uploaded(
                 record.account_id,
                 record.sequence,
@@ -280,6 +318,11 @@ class EvidenceService:
         concurrent handlers of one run (its last chunk, a joiner, the sweep) would each publish the same message;
         the stream drops the copies, but plain subscribers would hear them twice."""
         async with self._completing(run_id):
+            if not await self.store.manifests_sealed(run_id):
+                # Another handler of this run is still sealing or uploading its manifests: it publishes once they
+                # are stored (or the sweep does), so a RunCompleted never precedes the run's manifest.
+                log.debug("completion_waits_for_manifests", run_id=run_id)
+                return
             await self._publish_own_completion(run_id)
             await self._answer_joiners(run_id)
 
@@ -431,12 +474,14 @@ def create_evidence(
     aws: AwsClients | None = None,
     store: EvidenceStore | None = None,
     uploader: Uploader | None = None,
+    observability: Observability | None = None,
 ) -> tuple[ServiceApp, EvidenceService]:
     """Build the evidence service (no I/O): its broker, subscribers, store and, with a bucket, its uploader.
 
     `store` and `uploader` replace the defaults (tests inject failing wrappers this way).
     """
-    broker = make_broker(url, name=SERVICE_NAME, settings=settings)
+    obs = observability or Observability()
+    broker = make_broker(url, name=SERVICE_NAME, settings=settings, middlewares=obs.broker_middlewares(SERVICE_NAME))
     if store is None:
         store = EvidenceStore(settings.effective_database_url)
     if uploader is None and settings.evidence_bucket:
@@ -448,6 +493,7 @@ def create_evidence(
         uploader=uploader,
         url=url,
         registry=RegistryFile(settings.registry_path),
+        metrics=obs.metrics,
     )
 
     plans_spec = evidence_plans_consumer()
@@ -544,7 +590,8 @@ def create_service(
     aws: AwsClients | None = None,
     store: EvidenceStore | None = None,
     uploader: Uploader | None = None,
+    observability: Observability | None = None,
 ) -> ServiceApp:
     """The evidence service as a `ServiceApp` (see `create_evidence` for the parameters)."""
-    app, _ = create_evidence(settings, url=url, aws=aws, store=store, uploader=uploader)
+    app, _ = create_evidence(settings, url=url, aws=aws, store=store, uploader=uploader, observability=observability)
     return app

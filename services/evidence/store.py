@@ -892,6 +892,20 @@ class EvidenceStore:
             None,
         )
 
+    async def manifests_sealed(self, run_id: str) -> bool:
+        """Every evidence object of the run is listed in a manifest, and every such manifest is stored (uploaded, or
+        kept in the database when there is no bucket)."""
+        unlisted = select(pairs.c.run_id).where(
+            pairs.c.run_id == run_id,
+            pairs.c.planned.is_(True),
+            pairs.c.evidence_done_at.is_not(None),
+            pairs.c.manifest_sequence.is_(None),
+        )
+        unstored = select(manifests.c.run_id).where(manifests.c.run_id == run_id, manifests.c.uploaded_at.is_(None))
+        async with self._reader.connect() as conn:
+            pending = (await conn.execute(select(unlisted.exists() | unstored.exists()))).scalar_one()
+        return not pending
+
     async def pending_manifests(self, run_id: str | None = None) -> list[ManifestRecord]:
         """Manifests not yet uploaded (all runs, or one), in chain order."""
         query = (
@@ -1043,6 +1057,12 @@ class EvidenceStore:
         )
         async with self._reader.connect() as conn:
             return list((await conn.scalars(query)).all())
+
+    async def planned_at_of(self, run_id: str) -> datetime | None:
+        """When the run was planned (None for an unknown run)."""
+        async with self._reader.connect() as conn:
+            value = await conn.scalar(select(runs.c.planned_at).where(runs.c.run_id == run_id))
+        return cast(datetime | None, value)
 
     async def deadline_of(self, run_id: str) -> datetime:
         async with self._reader.connect() as conn:

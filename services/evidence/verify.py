@@ -37,6 +37,7 @@ from services.evidence.manifest import (
 )
 from services.evidence.store import ChainHead, EvidenceStore, ManifestRecord
 from shared.aws import AwsClients, error_code
+from shared.credentials import default_clients
 from shared.settings import Settings
 
 if TYPE_CHECKING:
@@ -337,7 +338,7 @@ async def verify_evidence(
         await store.check_schema()
         ledger = await load_ledger(store)
         if settings.evidence_bucket:
-            async with (aws or AwsClients(settings)).client("s3") as client:
+            async with (aws or default_clients(settings)).client("s3") as client:
                 source: Source = LayeredSource(S3Source(client, settings.evidence_bucket), ledger.database_objects)
                 accounts = [account_id] if account_id else await accounts_in(source, ledger)
                 return await verify(source, accounts=accounts, ledger=ledger, since=since)

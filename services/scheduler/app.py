@@ -26,6 +26,7 @@ from shared.nats import (
     scheduler_tenant_completions_consumer,
     scheduler_tenant_consumer,
 )
+from shared.observability import Observability
 from shared.service import ServiceApp
 from shared.settings import Settings
 
@@ -50,6 +51,20 @@ class ScanRegions:
             return regions
         try:
             aws = await self._access.clients(account_id)
+        except UnregisteredAccount as exc:
+            raise Rejected(str(exc)) from exc
+        try:
+            await aws.resolve_credentials()
+        except Exception as exc:
+            err = classify_error("sts", "AssumeRole", exc)
+            if err.transient:
+                raise TransientAwsError(f"cannot reach account {account_id}: {err.describe()}") from exc
+            raise Rejected(
+                f"cannot reach account {account_id} through {self._access.describe_access(account_id)} to list its "
+                f"regions ({err.code}: {err.message}); fix the access (`kushim connect --account {account_id}`) or "
+                "list the account's regions"
+            ) from exc
+        try:
             found = await aws.enabled_regions()
         except Exception as exc:
             err = classify_error("ec2", "DescribeRegions", exc)
@@ -66,12 +81,18 @@ class ScanRegions:
 
 
 def create_service(
-    settings: Settings, *, url: str, aws: AwsClients | None = None, access: AccountAccess | None = None
+    settings: Settings,
+    *,
+    url: str,
+    aws: AwsClients | None = None,
+    access: AccountAccess | None = None,
+    observability: Observability | None = None,
 ) -> ServiceApp:
-    broker = make_broker(url, name="scheduler", settings=settings)
+    middlewares = (observability or Observability()).broker_middlewares("scheduler")
+    broker = make_broker(url, name="scheduler", settings=settings, middlewares=middlewares)
     access = access or account_access(settings, aws)
     aws = access.base
-    coalescer = Coalescer(broker)
+    coalescer = Coalescer(broker, window_seconds=settings.coalesce_window_seconds)
     planner = Planner(
         broker=broker,
         settings=settings,

@@ -97,6 +97,7 @@ class Decision:
 class Claim:
     run_id: str
     deadline_at: str
+    planned_at: str | None = None  # None: a claim written before the join window existed
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self), sort_keys=True).encode()
@@ -104,7 +105,8 @@ class Claim:
     @classmethod
     def decode(cls, raw: bytes | None) -> Claim:
         data = json.loads(raw or b"{}")
-        return cls(run_id=str(data["run_id"]), deadline_at=str(data["deadline_at"]))
+        planned = data.get("planned_at")
+        return cls(run_id=str(data["run_id"]), deadline_at=str(data["deadline_at"]), planned_at=planned)
 
 
 def scope_key(tenant: str | None, regions: Mapping[str, Sequence[str]], services: Sequence[Service]) -> str:
@@ -135,8 +137,15 @@ def _wrong_last(exc: Exception) -> bool:
 class Coalescer:
     """Decides, for each request, whether it leads a run or joins the identical one in flight; releases claims."""
 
-    def __init__(self, broker: NatsBroker, *, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(
+        self,
+        broker: NatsBroker,
+        *,
+        window_seconds: float = 30.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self._broker = broker
+        self._window = timedelta(seconds=window_seconds)
         self._clock = clock
         self._kv: KeyValue | None = None
 
@@ -167,13 +176,15 @@ class Coalescer:
                 current, revision = Decision.decode(entry[0]), entry[1]
             if current.role is Role.JOIN:
                 if holding:  # another delivery of this request joined first: our claim must not be joined
-                    await self._drop(kv, scope, run_id)
+                    await self._drop(kv, current.scope, run_id)
                 return current
             if current.claimed:
                 return current  # replay: the plan is (being) published; never claim again (the run may be over)
-            holder = await self._claim(kv, scope, run_id, current.deadline)
+            # The recorded scope, not the one computed now: a redelivery after the account's regions changed must claim
+            # (and later release) the scope its record names.
+            holder = await self._claim(kv, current.scope, run_id, current.planned, current.deadline)
             holding = holder == run_id
-            decided = replace(current, claimed=True) if holding else Decision(Role.JOIN, holder, scope)
+            decided = replace(current, claimed=True) if holding else Decision(Role.JOIN, holder, current.scope)
             try:
                 await kv.update(key, decided.encode(), last=revision)
             except KeyWrongLastSequenceError:
@@ -192,10 +203,10 @@ class Coalescer:
             return False
         return await self._drop(kv, decision.scope, run_id)
 
-    async def _claim(self, kv: KeyValue, scope: str, run_id: str, deadline_at: datetime) -> str:
+    async def _claim(self, kv: KeyValue, scope: str, run_id: str, planned_at: datetime, deadline_at: datetime) -> str:
         """Claim the scope for `run_id`; returns the run holding it (`run_id` itself, or a committed run in flight)."""
         key = claim_key(scope)
-        mine = Claim(run_id, deadline_at.isoformat()).encode()
+        mine = Claim(run_id, deadline_at.isoformat(), planned_at.isoformat()).encode()
         give_up = time.monotonic() + COMMIT_WAIT_SECONDS
         for _ in range(_MAX_ROUNDS * 10):
             try:
@@ -227,7 +238,12 @@ class Coalescer:
     async def _state(self, kv: KeyValue, claim: Claim) -> str:
         """`live` (joinable), `dead` (stale, or its leader joined another run: take it over) or `pending` (its
         leader has not committed yet)."""
-        if datetime.fromisoformat(claim.deadline_at) + timedelta(seconds=STALE_GRACE_SECONDS) < self._clock():
+        now = self._clock()
+        if datetime.fromisoformat(claim.deadline_at) + timedelta(seconds=STALE_GRACE_SECONDS) < now:
+            return "dead"
+        if claim.planned_at is None or datetime.fromisoformat(claim.planned_at) + self._window < now:
+            # Past the join window: its scans may have read AWS long before this request was made ("I fixed it,
+            # check again" must not get the old answer). A new run takes the claim over.
             return "dead"
         entry = await self._entry(kv, request_key(claim.run_id))
         if entry is None:

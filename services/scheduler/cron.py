@@ -25,7 +25,7 @@ from zoneinfo import ZoneInfo
 import structlog
 from croniter import croniter
 from faststream.nats import NatsBroker
-from nats.js.errors import KeyWrongLastSequenceError
+from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from shared import subjects
@@ -99,8 +99,9 @@ def scheduled_request(slot: datetime, group: str | None = None, accounts: list[s
 class SlotClaims(Protocol):
     """Durable, create-only claims of schedule slots."""
 
-    async def claim(self, slot: datetime, now: datetime) -> bool:
-        """True when this replica owns the slot and must publish it (a new claim, or a stale one taken over)."""
+    async def claim(self, slot: datetime, now: datetime, *, existing_only: bool = False) -> bool:
+        """True when this replica owns the slot and must publish it (a new claim, or a stale one taken over; with
+        `existing_only`, only a stale claim taken over)."""
 
     async def published(self, slot: datetime, now: datetime) -> None: ...
 
@@ -125,15 +126,19 @@ class KvSlotClaims:
         record = {"owner": self._owner, "at": now.isoformat(), "published": published}
         return json.dumps(record, sort_keys=True).encode()
 
-    async def claim(self, slot: datetime, now: datetime) -> bool:
+    async def claim(self, slot: datetime, now: datetime, *, existing_only: bool = False) -> bool:
         kv = await self._bucket()
         key = slot_key(slot, self._group)
+        if not existing_only:
+            try:
+                await kv.create(key, self._value(now, published=False))
+                return True
+            except KeyWrongLastSequenceError:
+                pass
         try:
-            await kv.create(key, self._value(now, published=False))
-            return True
-        except KeyWrongLastSequenceError:
-            pass
-        entry = await kv.get(key)
+            entry = await kv.get(key)
+        except KeyNotFoundError:
+            return False  # never claimed: nobody ran it on time, and adopting is not catching up
         record = json.loads(entry.value or b"{}")
         if record.get("published"):
             return False
@@ -165,6 +170,7 @@ class CronLoop:
         catch_up_seconds: float = 0.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         retry_seconds: float = 5.0,
+        catch_up_at_start: bool = True,
         group: str | None = None,
         accounts: Callable[[], list[str] | None] = lambda: None,
     ) -> None:
@@ -175,17 +181,18 @@ class CronLoop:
         self._accounts = accounts
         self._claims = claims or KvSlotClaims(broker, group=group)
         self._catch_up = timedelta(seconds=catch_up_seconds)
+        self._catch_up_at_start = catch_up_at_start
         self._clock = clock
         self._retry_seconds = retry_seconds
 
-    async def publish_slot(self, slot: datetime) -> bool:
+    async def publish_slot(self, slot: datetime, *, existing_only: bool = False) -> bool:
         """Claim the slot and publish its RunRequested; False when another replica owns it (or, for an account
-        schedule, no account follows it any more)."""
+        schedule, no account follows it any more). `existing_only`: only take over a claim whose claimer died."""
         accounts = self._accounts()
         if accounts is not None and not accounts:
             log.info("scheduled_slot_without_accounts", slot=slot.isoformat(), schedule=self._expression)
             return False
-        if not await self._claims.claim(slot, self._clock()):
+        if not await self._claims.claim(slot, self._clock(), existing_only=existing_only):
             log.debug("scheduled_slot_claimed_elsewhere", slot=slot.isoformat())
             return False
         request = scheduled_request(slot, self._group, accounts)
@@ -219,7 +226,7 @@ class CronLoop:
 
     async def run(self) -> None:
         now = self._clock()
-        missed = self.missed_slot(now)
+        missed = self.missed_slot(now) if self._catch_up_at_start else None
         if missed is not None:
             log.info("schedule_catching_up", slot=missed.isoformat(), late_seconds=(now - missed).total_seconds())
             await self._run_slot(missed)
@@ -247,7 +254,7 @@ class CronLoop:
         if missed is None:
             return
         try:
-            await self.publish_slot(missed)
+            await self.publish_slot(missed, existing_only=True)
         except Exception as exc:
             log.warning("schedule_orphan_check_failed", slot=missed.isoformat(), error=f"{type(exc).__name__}: {exc}")
 
@@ -300,18 +307,22 @@ class Schedules:
         """The schedule groups whose loops run now."""
         return dict(self._running)
 
-    def _loop(self, group: str | None, expression: str, timezone: str) -> CronLoop:
+    def _loop(self, group: str | None, expression: str, timezone: str, *, catch_up: bool = True) -> CronLoop:
+        """A group's loop. Groups that appear on a registry refresh do not catch up: an account moved to a schedule
+        whose latest slot has just passed was checked on its old one, and waits for the next slot."""
         return CronLoop(
             broker=self._broker,
             expression=expression,
             timezone=timezone,
             catch_up_seconds=self._settings.schedule_catch_up_seconds,
+            catch_up_at_start=catch_up,
             group=group,
             accounts=lambda: self.accounts_of(group),
         )
 
     async def run(self) -> None:
         tasks: dict[str | None, asyncio.Task[None]] = {}
+        first = True  # the groups in force at start catch up on a missed slot; later ones do not
         try:
             while True:
                 try:
@@ -328,7 +339,9 @@ class Schedules:
                         log.info("schedule_removed", group=group)
                 for group, (expression, timezone) in wanted.items():
                     if group not in tasks:
-                        tasks[group] = asyncio.create_task(self._loop(group, expression, timezone).run())
+                        loop = self._loop(group, expression, timezone, catch_up=first)
+                        tasks[group] = asyncio.create_task(loop.run())
+                first = False
                 self._running = {g: wanted[g] for g in tasks}
                 await asyncio.sleep(self._refresh_seconds)
         finally:

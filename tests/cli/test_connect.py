@@ -163,6 +163,7 @@ async def test_a_registered_account_is_tested_with_its_own_access(
     add_account(registry, Account(id="111111111111", name="member", access=role))
     missing = SecretsManagerAccess(kind="secrets_manager", secret_id="kushim/absent")
     add_account(registry, Account(id="222222222222", name="by-secret", access=missing))
+    add_account(registry, Account(id="444444444444", name="misfiled"))  # default credentials: moto's account
     settings = make_settings(nats_url=nats_server.url, aws_endpoint_url=moto_endpoint, accounts_file=registry)
     app = create_scheduler(settings, url=nats_server.url)
     await app.start()
@@ -180,6 +181,12 @@ async def test_a_registered_account_is_tested_with_its_own_access(
         assert broken.services[0].code == "ResourceNotFoundException"
         assert "kushim/absent" in (broken.services[0].message or "")
         assert "secretsmanager:GetSecretValue" in (broken.services[0].fix or "")
+
+        misfiled = await client.connection_test(request_id="misfiled", account_id="444444444444")
+        assert not misfiled.ok
+        sts = next(p for p in misfiled.services if p.service == "sts")
+        assert sts.code == "WrongAccount"
+        assert "belong to account 123456789012" in (sts.message or "")
 
         unknown = await client.connection_test(request_id="unknown", account_id="333333333333")
         assert not unknown.ok

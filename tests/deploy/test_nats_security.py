@@ -22,7 +22,7 @@ from services.cli.client import run_check
 from services.cli.demo_account import seed_demo_account
 from services.cli.stack import SERVICES, migrate_database
 from services.evidence.store import EvidenceStore
-from services.scheduler.cron import CronLoop
+from services.scheduler.cron import CronLoop, slot_request_id
 from shared import subjects
 from shared.accounts import Account, AssumeRoleAccess, Registry, Tenant
 from shared.aws import AwsClients
@@ -32,7 +32,7 @@ from shared.nats import declare_topology, make_broker
 from shared.settings import Settings
 from tests.conftest import MOTO_ACCOUNT
 from tests.evidence.factory import make_chunks, make_finding, new_request_id
-from tests.helpers import until
+from tests.helpers import stream_payloads, until
 
 CONFIG = Path(__file__).resolve().parents[2] / "deploy" / "nats" / "nats-server.conf"
 USERS = ("scheduler", "collector", "evidence", "operator", "external", "partner", "admin")
@@ -346,6 +346,24 @@ async def test_a_tenant_can_request_only_accounts_on_its_allow_list(
         assert completed["tenant"] == "partner"
         checks = (await _stream_counts(evidence_nc))[subjects.STREAM_CHECKS] - before[subjects.STREAM_CHECKS]
         assert checks == 1  # one account (the allow-list), one service
+
+        # Message ids are de-duplicated per stream: a tenant choosing the id of a scheduled slot's request (or of a
+        # plan) lands in its own stream and cannot suppress Kushim's message.
+        slot = datetime(2026, 11, 28, 2, 0, tzinfo=UTC)
+        await _kushim_request(partner, "kushim.runs.requested.partner", slot_request_id(slot), accounts=[other])
+        await partner.flush()
+        broker = make_broker(secured_nats.url("scheduler"), name="scheduler-cron", settings=secured_stack)
+        await broker.connect()
+        try:
+            assert await CronLoop(broker=broker, expression="0 2 * * *").publish_slot(slot) is True
+        finally:
+            await broker.stop()
+        admin = await _connect(secured_nats.url("admin"))  # reading a stream needs a consumer: only admin may
+        try:
+            scheduled = await stream_payloads(admin, subjects.STREAM_RUNS, subjects.RUNS_REQUESTED)
+        finally:
+            await admin.close()
+        assert [json.loads(p)["request_id"] for p in scheduled][-1] == slot_request_id(slot)
     finally:
         await partner.close()
         await evidence_nc.close()

@@ -177,7 +177,7 @@ async def test_a_tenants_requests_coalesce_only_with_the_same_tenants(
             await nc.jetstream().publish(
                 subjects.tenant_requests_subject("acme"),
                 json.dumps(body).encode(),
-                stream=subjects.STREAM_RUNS,
+                stream=subjects.STREAM_TENANT_REQUESTS,
                 headers={"Nats-Msg-Id": f"acme-{request_id}"},
             )
 
@@ -271,7 +271,9 @@ async def test_a_claim_past_its_deadline_is_taken_over_and_a_live_one_joined(
         request_key(ghost),
         Decision(Role.LEAD, ghost, IAM_SCOPE, now.isoformat(), (now - timedelta(minutes=2)).isoformat(), True).encode(),
     )
-    await kv.create(claim_key(IAM_SCOPE), Claim(ghost, (now - timedelta(minutes=2)).isoformat()).encode())
+    await kv.create(
+        claim_key(IAM_SCOPE), Claim(ghost, (now - timedelta(minutes=2)).isoformat(), now.isoformat()).encode()
+    )
 
     await request(nc, "after-ghost")
     await request(nc, "s3-joiner", services=["s3"])
@@ -380,4 +382,25 @@ async def test_release_is_durable_across_a_scheduler_restart(
     finally:
         await app.stop()
     assert sorted(p.request_id for p in await plans(nc)) == ["after-restart", "before-restart"]
+    assert await joins(nc) == []
+
+
+async def test_a_run_planned_longer_ago_than_the_join_window_is_not_joined(
+    scheduler: ServiceApp, nc: NatsClient
+) -> None:
+    """A run still in flight but planned before the join window (30 s by default) may have read AWS long before a new
+    request was made ("I fixed it, check again"): the new request leads a run of its own and takes the claim over."""
+    await request(nc, "warm-up", services=["s3"])  # creates the bucket
+    await drained(nc)
+    kv = await bucket(nc)
+    now = datetime.now(UTC)
+    slow = run_id_for("slow")
+    planned, deadline = (now - timedelta(minutes=5)).isoformat(), (now + timedelta(minutes=10)).isoformat()
+    await kv.create(request_key(slow), Decision(Role.LEAD, slow, IAM_SCOPE, planned, deadline, True).encode())
+    await kv.create(claim_key(IAM_SCOPE), Claim(slow, deadline, planned).encode())
+
+    await request(nc, "after-the-fix")
+    await drained(nc)
+    assert sorted(p.request_id for p in await plans(nc)) == ["after-the-fix", "warm-up"]
+    assert await claim_of(nc) == run_id_for("after-the-fix")
     assert await joins(nc) == []

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from faststream.nats import NatsBroker
 from nats.aio.client import Client as NatsClient
+from nats.js.errors import KeyNotFoundError
 
 from services.scheduler.cron import (
     SCHEDULE_BUCKET,
@@ -275,6 +276,43 @@ async def test_schedules_follow_the_registry_without_a_restart(
         remove_account(registry, "222222222222")
         os.utime(registry, ns=(3, 3))
         await until(lambda: set(schedules.running) == {None})
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await broker.stop()
+
+
+async def test_an_account_moved_to_a_schedule_whose_slot_just_passed_waits_for_the_next_one(
+    nats_server: EmbeddedNats, make_settings: Callable[..., Settings], nc: NatsClient, tmp_path: Path
+) -> None:
+    """Groups that appear on a registry refresh do not catch up (the account was checked on its old schedule), and
+    the once-a-minute orphan check only takes over claims whose claimer died: it never creates one for a slot nobody
+    claimed in time."""
+    registry = tmp_path / "accounts.toml"
+    add_account(registry, Account(id="111111111111", name="a"))
+    settings = make_settings(nats_url=nats_server.url, accounts_file=registry, schedule_catch_up_seconds=6 * 3600)
+    broker = make_broker(nats_server.url, name="scheduler", settings=settings)
+    await broker.connect()
+    view = RegistryFile(registry)
+    schedules = Schedules(broker=broker, settings=settings, registry=view.current, refresh_seconds=0.05)
+    task = asyncio.create_task(schedules.run())
+    try:
+        await until(lambda: set(schedules.running) == {None})
+        minute = (datetime.now(UTC).minute - 1) % 60  # hourly, its latest slot a minute ago
+        add_account(registry, Account(id="222222222222", name="b", schedule=f"{minute} * * * *"))
+        await until(lambda: len(schedules.running) == 2)
+        await asyncio.sleep(0.5)
+        assert await _requests(nc) == []
+
+        group = group_id(f"{minute} * * * *", "UTC")
+        loop = schedules._loop(group, f"{minute} * * * *", "UTC")
+        missed = loop.missed_slot(datetime.now(UTC))
+        assert missed is not None
+        assert await loop.publish_slot(missed, existing_only=True) is False
+        kv = await nc.jetstream().key_value(SCHEDULE_BUCKET)
+        with pytest.raises(KeyNotFoundError):
+            await kv.get(slot_key(missed, group))
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

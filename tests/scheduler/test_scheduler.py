@@ -214,7 +214,7 @@ async def test_cron_retries_the_same_slot_when_publishing_fails() -> None:
             return PubAck(stream="KUSHIM_RUNS", seq=1)
 
     class Claims:  # the durable claim is tested on a real server in test_schedule.py
-        async def claim(self, slot: datetime, now: datetime) -> bool:
+        async def claim(self, slot: datetime, now: datetime, *, existing_only: bool = False) -> bool:
             return True
 
         async def published(self, slot: datetime, now: datetime) -> None:

@@ -63,6 +63,7 @@ def test_no_file_means_no_registry(tmp_path: Path) -> None:
             "the role Kushim assumes must be in the account it checks",
         ),
         ('[[accounts]]\nid = "111111111111"\nname = "a"\nschedule = "every day"', "not a 5-field cron expression"),
+        ('[[accounts]]\nid = "111111111111"\nname = "a"\nschedule = "* * * * * */5"', "not a 5-field cron expression"),
         ('[[accounts]]\nid = "111111111111"\nname = "a"\nregions = ["all", "us-east-1"]', '"all" stands alone'),
         ('[[accounts]]\nid = "111111111111"\nname = "a"\ncolour = "blue"', "accounts.0.colour: Extra inputs"),
         ('[[accounts]]\nid = "111111111111"\nname = "a"\naccess = { kind = "magic" }', "accounts.0.access"),
@@ -129,6 +130,10 @@ def test_services_reread_a_changed_file_and_keep_the_last_good_version(tmp_path:
     assert "account_registry_invalid" in log_lines.getvalue()
     with pytest.raises(RegistryError):  # a service starting on a broken file refuses to start
         RegistryFile(path).current()
+
+    path.unlink()  # a ConfigMap being recreated: still the last registry, not "back to one account"
+    assert view.current() is second
+    assert "account_registry_missing" in log_lines.getvalue()
 
 
 def test_external_ids_are_fresh_and_fit_aws_rules() -> None:
