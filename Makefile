@@ -43,4 +43,4 @@ clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
 
 bench: $(VENV)/.installed-dev
-	$(BIN)/python -m tests.bench.bench_pipeline; status=$$?; $(BIN)/python -m tests.bench.bench_scale || status=$$?; $(BIN)/python -m tests.bench.bench_evidence || status=$$?; exit $$status
+	$(BIN)/python -m tests.bench.bench_pipeline; status=$$?; $(BIN)/python -m tests.bench.bench_scale || status=$$?; $(BIN)/python -m tests.bench.bench_evidence || status=$$?; $(BIN)/python -m tests.bench.bench_scheduler --requests 500 --repeat 3 || status=$$?; $(BIN)/python -m tests.bench.bench_scaleout || status=$$?; exit $$status

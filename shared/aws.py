@@ -185,6 +185,10 @@ class AwsClients:
         return session
 
     @property
+    def session(self) -> AioSession:
+        return self._session
+
+    @property
     def default_region(self) -> str:
         return self._settings.aws_region
 

@@ -15,6 +15,11 @@ Two kinds of outage:
   at once, as from a crashed server or a refusing firewall;
 - `"blackhole"`: new connections are accepted and whatever they send is swallowed, nothing ever comes back (a
   network partition: the client waits for its own timeout). On `restore()` the swallowed connections are reset.
+
+Latency: `TcpProxy(..., delay=0.05)` holds each request `delay` seconds before forwarding it, as a distant server
+would. A request is a client's turn to speak: the first bytes it sends on a connection, and the first it sends after
+the target has answered (HTTP/1.x, with or without keep-alive; a `100 Continue` answer starts a new turn, so a body
+sent after one is held again). Pumps of other connections go on meanwhile; `delayed` counts the held turns.
 """
 
 from __future__ import annotations
@@ -55,12 +60,30 @@ class _Link:
             task.cancel()
 
 
+class _Turn:
+    """Whose turn it is on one delayed connection: True until the client spoke, again once the target answered."""
+
+    __slots__ = ("client_to_speak",)
+
+    def __init__(self) -> None:
+        self.client_to_speak = True
+
+
 class TcpProxy:
     """Forwards 127.0.0.1:`port` to `target_host`:`target_port`, until `cut()`; see the module's docstring."""
 
     def __init__(
-        self, target_host: str, target_port: int, *, host: str = "127.0.0.1", port: int = 0, record: bool = False
+        self,
+        target_host: str,
+        target_port: int,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        record: bool = False,
+        delay: float = 0.0,
     ) -> None:
+        if delay < 0:
+            raise ValueError("delay must be >= 0")
         self.target_host = target_host
         self.target_port = target_port
         self.host = host
@@ -78,6 +101,10 @@ class TcpProxy:
         """Connections reset or swallowed because the proxy was cut."""
         self.sent: bytearray | None = bytearray() if record else None
         """With `record=True`: every byte clients sent to the target (what went over the wire)."""
+        self.delay = delay
+        """Seconds each request (client turn) is held before it is forwarded; 0: none."""
+        self.delayed = 0
+        """Client turns (requests) held `delay` seconds since start (only counted when `delay` > 0)."""
 
     # --- lifecycle ----------------------------------------------------------------------------------
 
@@ -182,10 +209,17 @@ class TcpProxy:
         self.forwarded += 1
         link = _Link(writer, up_writer)
         self._links.add(link)
-        link.tasks = [
-            asyncio.create_task(self._pump(reader, up_writer, self.sent)),
-            asyncio.create_task(self._pump(up_reader, writer, None)),
-        ]
+        if self.delay > 0:
+            turn = _Turn()
+            link.tasks = [
+                asyncio.create_task(self._pump_requests(reader, up_writer, turn)),
+                asyncio.create_task(self._pump_answers(up_reader, writer, turn)),
+            ]
+        else:
+            link.tasks = [
+                asyncio.create_task(self._pump(reader, up_writer, self.sent)),
+                asyncio.create_task(self._pump(up_reader, writer, None)),
+            ]
         try:
             await asyncio.gather(*link.tasks, return_exceptions=True)
         finally:
@@ -206,6 +240,36 @@ class TcpProxy:
         finally:
             self._held.discard(writer)
             writer.transport.abort()
+
+    async def _pump_requests(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, turn: _Turn) -> None:
+        """Client -> target with latency: the first chunk of each client turn waits `delay` seconds."""
+        try:
+            while data := await source.read(_BUFFER):
+                if turn.client_to_speak:
+                    turn.client_to_speak = False
+                    self.delayed += 1
+                    await asyncio.sleep(self.delay)
+                if self.sent is not None:
+                    self.sent += data
+                sink.write(data)
+                await sink.drain()
+            if sink.can_write_eof():
+                sink.write_eof()
+        except OSError:
+            sink.transport.abort()
+
+    @staticmethod
+    async def _pump_answers(source: asyncio.StreamReader, sink: asyncio.StreamWriter, turn: _Turn) -> None:
+        """Target -> client: any answer makes the client's next bytes a new turn (a new request)."""
+        try:
+            while data := await source.read(_BUFFER):
+                turn.client_to_speak = True
+                sink.write(data)
+                await sink.drain()
+            if sink.can_write_eof():
+                sink.write_eof()
+        except OSError:
+            sink.transport.abort()
 
     @staticmethod
     async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter, record: bytearray | None) -> None:

@@ -442,6 +442,7 @@ def service_env(home: Path, nats_url: str, database_url: str, s3: S3Target | Non
             "HOME": str(home / "home"),
             "KUSHIM_HOME": str(home / "kushim-home"),
             "KUSHIM_NATS_URL": nats_url,
+            "KUSHIM_HTTP_PORT": "0",  # no probe/metrics server: several services share this machine
             "KUSHIM_DATABASE_URL": database_url,
             "KUSHIM_LOG_LEVEL": "WARNING",
             "KUSHIM_SCHEDULE_ENABLED": "false",

@@ -402,6 +402,7 @@ def service_env(
             "HOME": str(home / "home"),
             "KUSHIM_HOME": str(home / "kushim-home"),
             "KUSHIM_NATS_URL": nats_url,
+            "KUSHIM_HTTP_PORT": "0",  # no probe/metrics server: several services share this machine
             "KUSHIM_DATABASE_URL": f"sqlite+aiosqlite:///{database}",
             "KUSHIM_SCHEDULE_ENABLED": "false",
             "KUSHIM_LOG_LEVEL": "WARNING",
