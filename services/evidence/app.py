@@ -424,9 +424,7 @@ class EvidenceService:
                 log.error("manifest_seal_failed", run_id=sealing, error=describe_failure(exc))
         for run_id in await self.store.unpublished_runs():
             try:
-                # Sealed first: a run finalised by a handler a moment ago may not have its manifests yet, and its
-                # RunCompleted must not go out before them (appending is idempotent).
-                await self.seal_manifests(run_id)
+                # Waits (returns) while a handler of the run is still sealing its manifests: see publish_completion.
                 await self.publish_completion(run_id)
             except Exception as exc:
                 log.error("completion_publish_failed", run_id=run_id, error=f"{type(exc).__name__}: {exc}")
