@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -37,26 +37,9 @@ from shared.nats import make_broker
 from shared.service import ServiceApp
 from shared.settings import Settings
 from tests.conftest import MOTO_ACCOUNT
-from tests.helpers import eventually, nats_client, stream_models
+from tests.helpers import eventually, stream_models
 
 IAM_SCOPE = scope_key(None, {MOTO_ACCOUNT: ["us-east-1"]}, [Service.IAM])
-
-
-@pytest.fixture
-async def scheduler(settings: Settings) -> AsyncIterator[ServiceApp]:
-    assert settings.nats_url
-    app = create_service(settings, url=settings.nats_url)
-    await app.start()
-    try:
-        yield app
-    finally:
-        await app.stop()
-
-
-@pytest.fixture
-async def nc(nats_server: EmbeddedNats) -> AsyncIterator[NatsClient]:
-    async with nats_client(nats_server.url) as client:
-        yield client
 
 
 async def request(nc: NatsClient, request_id: str, *, msg_id: str | None = None, **extra: Any) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -19,24 +19,7 @@ from shared.messages import CheckRequested, DeadLetter, RunPlanned, RunRejected,
 from shared.service import ServiceApp
 from shared.settings import Settings
 from tests.conftest import MOTO_ACCOUNT
-from tests.helpers import eventually, nats_client, stream_models, stream_payloads
-
-
-@pytest.fixture
-async def scheduler(settings: Settings) -> AsyncIterator[ServiceApp]:
-    assert settings.nats_url
-    app = create_service(settings, url=settings.nats_url)
-    await app.start()
-    try:
-        yield app
-    finally:
-        await app.stop()
-
-
-@pytest.fixture
-async def nc(nats_server: EmbeddedNats) -> AsyncIterator[NatsClient]:
-    async with nats_client(nats_server.url) as client:
-        yield client
+from tests.helpers import eventually, stream_models, stream_payloads
 
 
 def request_body(request_id: str, **extra: object) -> bytes:
