@@ -21,11 +21,12 @@ from faststream.nats import NatsBroker, NatsMessage
 from shared import subjects
 from shared.aws import ApiCallCounter, AwsCallError, AwsClients, TransientAwsError, classify_error
 from shared.checks import Check, Outcome, RunContext, build_chunks, evaluate, to_finding
-from shared.consume import Consumer, Delivery, Rejected
-from shared.credentials import AccountAccess, UnregisteredAccount
+from shared.consume import Consumer, Delivery, InFlight, Rejected
+from shared.credentials import AccountAccess, UnregisteredAccount, account_access
 from shared.messages import CheckRequested, Finding, Service, Status
-from shared.nats import collector_consumer, durable_subscriber, publish_durable
-from shared.observability import Metrics
+from shared.nats import collector_consumer, durable_subscriber, make_broker, publish_durable
+from shared.observability import Metrics, Observability
+from shared.service import ServiceApp
 from shared.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -201,6 +202,25 @@ class CollectorRuntime(Generic[S]):
                 )
 
 
+def collector_service(
+    name: str,
+    spec: CollectorSpec[S],
+    settings: Settings,
+    *,
+    url: str,
+    aws: AwsClients | None = None,
+    observability: Observability | None = None,
+) -> ServiceApp:
+    """A collector service: its broker, the durable consumer wiring and the AWS clients (nothing connects yet)."""
+    obs = observability or Observability()
+    broker = make_broker(url, name=name, settings=settings, middlewares=obs.broker_middlewares(name))
+    in_flight = InFlight()
+    register_collector(
+        broker, spec, access=account_access(settings, aws), settings=settings, metrics=obs.metrics, in_flight=in_flight
+    )
+    return ServiceApp(name=name, broker=broker, url=url, settings=settings, in_flight=in_flight)
+
+
 def register_collector(
     broker: NatsBroker,
     spec: CollectorSpec[S],
@@ -208,9 +228,10 @@ def register_collector(
     access: AccountAccess,
     settings: Settings,
     metrics: Metrics | None = None,
+    in_flight: InFlight | None = None,
 ) -> CollectorRuntime[S]:
     """Wire a collector onto a broker: its durable consumer, handler and dead letters (`metrics`: where its scans,
-    findings and AWS calls are counted)."""
+    findings and AWS calls are counted; `in_flight`: the service's running handlers, handed back when it stops)."""
     runtime = CollectorRuntime(spec, broker=broker, settings=settings, guard=AccountGuard(access), metrics=metrics)
     consumer_spec = collector_consumer(spec.service)
     consumer: Consumer[CheckRequested] = Consumer(
@@ -221,6 +242,7 @@ def register_collector(
         settings=settings,
         on_exhausted=runtime.record_failure,
         context=lambda r: {"run_id": r.run_id, "account_id": r.account_id, "service": r.service.value},
+        in_flight=in_flight,
     )
 
     @durable_subscriber(

@@ -10,6 +10,9 @@
   (a poison message) is dead-lettered once it has been delivered `max_deliver` times.
 - Success: ack only after the handler returned, i.e. after its effect is durable.
 Long handlers keep the message alive with `in_progress()` so `ack_wait` does not expire mid-scan.
+- Stopping (`InFlight`): a service that stops waits for its running handlers up to KUSHIM_SHUTDOWN_GRACE_SECONDS;
+  a handler still running then is cancelled and its message nacked without delay (handed back), so another
+  replica takes it at once instead of after `ack_wait`.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import contextlib
 import hashlib
 import json
 import sqlite3
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Generic, TypeVar
@@ -265,7 +268,55 @@ def _annotate_span(context: dict[str, object]) -> None:
         span.set_attributes({f"kushim.{key}": str(value) for key, value in context.items() if value is not None})
 
 
-Handler = Callable[[M, Delivery, NatsMessage], Awaitable[None]]
+class HandedBack(Exception):
+    """The service stopped before the handler finished: its message goes back to the stream for another replica."""
+
+    def __init__(self) -> None:
+        super().__init__("the service stopped before this message's work finished (KUSHIM_SHUTDOWN_GRACE_SECONDS)")
+
+
+class InFlight:
+    """The handlers a service's consumers are running, so that stopping can wait for them and hand back the rest.
+
+    `run` runs a handler as a task of its own; `hand_back_after(grace)` (the service's stop, while the broker stops
+    fetching) waits up to `grace` seconds for the running handlers, then cancels those still running: `run` raises
+    `HandedBack` in their consumers, which nack their messages without delay while the connection is still open.
+    """
+
+    def __init__(self) -> None:
+        self._running: set[asyncio.Task[None]] = set()
+        self._handed_back: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        return len(self._running)
+
+    async def run(self, handler: Coroutine[object, object, None]) -> None:
+        task = asyncio.create_task(handler)
+        self._running.add(task)
+        try:
+            await task  # cancelling the caller (the handler timeout) cancels the task too
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if task in self._handed_back and not (current is not None and current.cancelling()):
+                raise HandedBack() from None
+            raise
+        finally:
+            self._running.discard(task)
+            self._handed_back.discard(task)
+
+    async def hand_back_after(self, grace: float) -> int:
+        """Wait up to `grace` seconds for the running handlers; cancel those still running. Returns their count."""
+        running = set(self._running)
+        if running and grace > 0:
+            await asyncio.wait(running, timeout=grace)
+        late = [task for task in self._running if not task.done()]
+        for task in late:
+            self._handed_back.add(task)
+            task.cancel()
+        return len(late)
+
+
+Handler = Callable[[M, Delivery, NatsMessage], Coroutine[object, object, None]]
 OnRejected = Callable[[bytes, str, Delivery], Awaitable[None]]
 OnExhausted = Callable[[M, Delivery, BaseException], Awaitable[bool]]
 
@@ -284,8 +335,12 @@ class Consumer(Generic[M]):
         on_rejected: OnRejected | None = None,
         on_exhausted: OnExhausted[M] | None = None,
         context: Callable[[M], dict[str, object]] | None = None,
+        in_flight: InFlight | None = None,
     ) -> None:
+        """`in_flight`: the service's running handlers (`ServiceApp.in_flight`), waited for and handed back when it
+        stops; without it the handlers are only waited for (FastStream's graceful timeout)."""
         self.name = spec.durable
+        self._in_flight = in_flight if in_flight is not None else InFlight()  # (an empty one is falsy)
         self._model = model
         self._handler = handler
         self._settings = settings
@@ -322,7 +377,19 @@ class Consumer(Generic[M]):
                     keep_alive(msg, max(1.0, self._settings.ack_wait_seconds / 3)),
                     asyncio.timeout(self._settings.handler_timeout_seconds),
                 ):
-                    await self._handler(payload, delivery, msg)
+                    await self._in_flight.run(self._handler(payload, delivery, msg))
+            except HandedBack as exc:
+                if self._retry_forever or delivery.num_delivered < self._settings.max_deliver:
+                    log.warning(
+                        "message_handed_back",
+                        reason="the service stopped before the work finished (KUSHIM_SHUTDOWN_GRACE_SECONDS)",
+                        delivery=delivery.num_delivered,
+                        max_deliver=self._settings.max_deliver,
+                    )
+                    await msg.nack()  # no delay: another replica takes it now
+                else:  # the server would not deliver it again: recorded as failed (collectors: ERROR findings)
+                    await self._failed(msg, delivery, body, payload, exc)
+                return
             except Rejected as exc:
                 await self._reject(msg, delivery, body, exc.reason)
                 return

@@ -29,7 +29,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import BadRequestError
+from nats.js.errors import APIError, BadRequestError
 from pydantic import BaseModel
 
 from shared import subjects
@@ -40,6 +40,9 @@ log = structlog.get_logger(__name__)
 
 DAY = 86_400.0
 MAX_MESSAGE_BYTES = 1024 * 1024  # the server's default max_payload
+HAND_BACK_SECONDS = 5.0
+"""How much longer than KUSHIM_SHUTDOWN_GRACE_SECONDS the broker waits for running handlers when it stops: time
+for the handlers handed back at the grace to nack their messages."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +70,7 @@ def stream_configs(settings: Settings) -> list[StreamConfig]:
         "discard": DiscardPolicy.OLD,
         "duplicate_window": settings.duplicate_window_seconds,
         "max_msg_size": MAX_MESSAGE_BYTES,
-        "num_replicas": 1,
+        "num_replicas": settings.stream_replicas,
     }
     return [
         StreamConfig(
@@ -252,17 +255,26 @@ def consumer_config(spec: ConsumerSpec, settings: Settings) -> ConsumerConfig:
 
 
 _STREAM_EXISTS = 10058
+_REPLICAS_NEED_A_CLUSTER = 10074  # "replicas > 1 not supported in non-clustered mode"
 
 
 async def declare_topology(js: JetStreamContext, settings: Settings) -> None:
     """Create or update every stream and durable consumer. Safe to run from every replica at every start."""
     for config in stream_configs(settings):
         try:
-            await js.add_stream(config)
-        except BadRequestError as exc:
-            if exc.err_code != _STREAM_EXISTS:
-                raise
-            await js.update_stream(config)
+            try:
+                await js.add_stream(config)
+            except BadRequestError as exc:
+                if exc.err_code != _STREAM_EXISTS:
+                    raise
+                await js.update_stream(config)
+        except APIError as exc:
+            if exc.err_code == _REPLICAS_NEED_A_CLUSTER or (settings.stream_replicas > 1 and "replica" in str(exc)):
+                raise RuntimeError(
+                    f"stream {config.name}: KUSHIM_STREAM_REPLICAS={settings.stream_replicas} needs a JetStream "
+                    f"cluster of at least {settings.stream_replicas} servers; the server said: {exc.description}"
+                ) from exc
+            raise
     for spec in all_consumers():
         await js.add_consumer(spec.stream, consumer_config(spec, settings))
     log.debug("topology_declared", streams=len(stream_configs(settings)), consumers=len(all_consumers()))
@@ -281,7 +293,9 @@ def make_broker(
         max_reconnect_attempts=-1,
         reconnect_time_wait=2,
         connect_timeout=5,
-        graceful_timeout=max(5.0, settings.ack_wait_seconds / 2),
+        # Past KUSHIM_SHUTDOWN_GRACE_SECONDS, ServiceApp.stop hands back the handlers still running; the margin
+        # lets them nack before the connection closes.
+        graceful_timeout=settings.shutdown_grace_seconds + HAND_BACK_SECONDS,
         logger=logging.getLogger(f"faststream.access.nats.{name}"),
         log_level=logging.DEBUG,
         middlewares=middlewares,

@@ -11,6 +11,7 @@ import nats
 import structlog
 from faststream.nats import NatsBroker
 
+from shared.consume import InFlight
 from shared.settings import Settings
 from shared.topology import ensure_topology
 
@@ -30,6 +31,9 @@ class ServiceApp:
     on_start: list[Hook] = field(default_factory=list)
     background: list[Hook] = field(default_factory=list)
     on_stop: list[Hook] = field(default_factory=list)
+    in_flight: InFlight = field(default_factory=InFlight)
+    """The handlers its consumers are running (give it to each `Consumer`): `stop` waits for them, then hands back
+    what is still running after KUSHIM_SHUTDOWN_GRACE_SECONDS."""
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _running: bool = field(default=False, init=False)
 
@@ -93,7 +97,19 @@ class ServiceApp:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
-        await self.broker.stop()
+        # The broker stops fetching at once and waits for the running handlers (its graceful timeout is a little
+        # longer than the grace); past the grace they are handed back, nacked while the connection is still open.
+        hand_back = asyncio.create_task(self.in_flight.hand_back_after(self.settings.shutdown_grace_seconds))
+        if len(self.in_flight):
+            log.info("service_stopping", service=self.name, running=len(self.in_flight))
+        try:
+            await self.broker.stop()
+        finally:
+            hand_back.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                handed_back = await hand_back
+                if handed_back:
+                    log.warning("work_handed_back", service=self.name, messages=handed_back)
         for hook in self.on_stop:
             await hook()
         log.info("service_stopped", service=self.name)

@@ -72,7 +72,25 @@ class Settings(BaseSettings):
     handler_timeout_seconds: float = Field(
         900.0, gt=0, description="Longest one message may be worked on (a scan included) before it counts as failed."
     )
+    shutdown_grace_seconds: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="On SIGTERM or Ctrl-C, seconds a service waits for the messages it is working on (a scan) to "
+        "finish and be acked. What is still running then is handed back: stopped and nacked at once, so another "
+        "replica takes it without waiting for ack_wait (it costs one of KUSHIM_MAX_DELIVER). Keep it below the pod's "
+        "terminationGracePeriodSeconds.",
+    )
     duplicate_window_seconds: float = Field(600.0, gt=0, description="JetStream de-duplication window for Nats-Msg-Id.")
+    stream_replicas: int = Field(
+        1,
+        ge=1,
+        le=5,
+        description="Copies JetStream keeps of each Kushim stream and key-value bucket: 1 on a single nats-server "
+        "(the embedded one); 3 on a JetStream cluster of 3 or more servers, so losing one loses nothing. Applied by "
+        "`kushim nats init` (or a service declaring the topology) to the streams, and by the scheduler when it "
+        "creates its key-value buckets.",
+    )
     chunk_max_bytes: int = Field(
         256 * 1024, ge=16 * 1024, le=900 * 1024, description="Maximum size of one FindingsReported chunk."
     )

@@ -24,7 +24,8 @@ class TopologyError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Drift:
-    """A consumer whose limits differ from this Kushim's settings (`kushim nats init` brings them in line)."""
+    """A stream (its replicas) or consumer (its limits) that differs from this Kushim's settings (`kushim nats init`
+    brings them in line)."""
 
     name: str
     field: str
@@ -33,22 +34,25 @@ class Drift:
 
 
 async def verify_topology(js: JetStreamContext, settings: Settings) -> list[Drift]:
-    """Check that every stream and durable consumer exists; return the consumers whose limits differ."""
+    """Check that every stream and durable consumer exists; return the streams and consumers that differ."""
     missing: list[str] = []
+    drift: list[Drift] = []
     for stream in stream_configs(settings):
         try:
-            await js.stream_info(str(stream.name))
+            info = await js.stream_info(str(stream.name))
         except NotFoundError:
             missing.append(f"stream {stream.name}")
-    drift: list[Drift] = []
+            continue
+        if info.config.num_replicas != stream.num_replicas:
+            drift.append(Drift(str(stream.name), "num_replicas", info.config.num_replicas, stream.num_replicas))
     for spec in all_consumers():
         try:
-            info = await js.consumer_info(spec.stream, spec.durable)
+            consumer = await js.consumer_info(spec.stream, spec.durable)
         except NotFoundError:
             missing.append(f"consumer {spec.stream}/{spec.durable}")
             continue
         wanted = consumer_config(spec, settings)
-        found = info.config
+        found = consumer.config
         for field in ("max_deliver", "ack_wait", "filter_subject", "max_ack_pending"):
             if getattr(found, field) != getattr(wanted, field):
                 drift.append(
@@ -62,8 +66,8 @@ async def verify_topology(js: JetStreamContext, settings: Settings) -> list[Drif
         )
     for item in drift:
         log.warning(
-            "consumer_config_differs",
-            consumer=item.name,
+            "topology_config_differs",
+            name=item.name,
             field=item.field,
             found=item.found,
             wanted=item.wanted,

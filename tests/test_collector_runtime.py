@@ -16,6 +16,7 @@ from services.collector_iam.snapshot import IamSnapshot
 from shared import subjects
 from shared.aws import ApiCallCounter, AwsClients
 from shared.collector import CollectorSpec, register_collector
+from shared.consume import InFlight
 from shared.credentials import account_access
 from shared.embedded import EmbeddedNats
 from shared.messages import CheckRequested, FindingsReported, Service, Status
@@ -68,8 +69,9 @@ async def wait_for_chunks(nc: NatsClient, count: int, what: str, timeout: float 
 def replica(settings: Settings, url: str, name: str, collect: Callable[..., object], aws: AwsClients) -> ServiceApp:
     broker = make_broker(url, name=name, settings=settings)
     spec: CollectorSpec[IamSnapshot] = dataclasses.replace(IAM_SPEC, collect=collect)  # type: ignore[arg-type]
-    register_collector(broker, spec, access=account_access(settings, aws), settings=settings)
-    return ServiceApp(name=name, broker=broker, url=url, settings=settings)
+    in_flight = InFlight()
+    register_collector(broker, spec, access=account_access(settings, aws), settings=settings, in_flight=in_flight)
+    return ServiceApp(name=name, broker=broker, url=url, settings=settings, in_flight=in_flight)
 
 
 async def test_two_replicas_split_the_work_without_duplicates(
@@ -176,3 +178,53 @@ async def test_a_hung_scan_times_out_and_is_retried(
     assert len(calls) == 2
     assert chunk.attempt == 2
     assert chunk.findings == []
+
+
+async def test_a_scan_handed_back_on_its_last_delivery_ends_as_error_findings(
+    make_settings: Callable[..., Settings], nats_server: EmbeddedNats, moto_endpoint: str
+) -> None:
+    """Stopping hands a running scan back (nack) so another replica takes it; on the last allowed delivery no other
+    replica would get it, so the stopping replica reports ERROR findings instead of leaving the pair missing."""
+    settings = make_settings(
+        nats_url=nats_server.url,
+        aws_endpoint_url=moto_endpoint,
+        max_deliver=2,
+        handler_timeout_seconds=1.0,
+        retry_delay_seconds=0.05,
+        shutdown_grace_seconds=0.1,
+    )
+    calls: list[int] = []
+
+    async def hangs(
+        aws: AwsClients, request: CheckRequested, counter: ApiCallCounter, settings: Settings
+    ) -> IamSnapshot:
+        calls.append(1)
+        await asyncio.sleep(30)
+        return IamSnapshot(users=())
+
+    app = replica(settings, nats_server.url, "iam-stopping", hangs, AwsClients(settings))
+    await app.start()
+    stopped = False
+    try:
+        await publish_checks(settings, nats_server.url, 1)
+
+        async def second_delivery_running() -> bool:
+            return len(calls) == 2
+
+        await eventually(second_delivery_running, timeout=15, what="the second (last) delivery's scan")
+        await app.stop()  # within its grace of 0.1 s the scan is handed back
+        stopped = True
+        async with nats_client(nats_server.url) as nc:
+            chunks = await wait_for_chunks(nc, 1, "the ERROR chunk")
+            info = await nc.jetstream().consumer_info(subjects.STREAM_CHECKS, "collector-iam")
+    finally:
+        if not stopped:
+            await app.stop()
+    (chunk,) = chunks
+    assert chunk.attempt == 2
+    assert {f.check_id for f in chunk.findings} == {check.id for check in IAM_SPEC.checks}
+    assert all(f.status is Status.ERROR for f in chunk.findings)
+    assert all("KUSHIM_SHUTDOWN_GRACE_SECONDS" in f.details["error_message"] for f in chunk.findings)
+    assert info.num_ack_pending == 0
+    assert info.num_pending == 0
+    assert info.num_redelivered == 0

@@ -19,10 +19,13 @@ import signal
 import sqlite3
 import subprocess
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from nats.aio.client import Client as NatsClient
 
 from services.cli.client import KushimClient
 from services.cli.stack import running_stack
@@ -153,9 +156,32 @@ def stored_pairs(database: Path, run_id: str) -> dict[str, tuple[int, bool, int]
     return {account: (attempt, bool(sealed), chunk_count) for account, attempt, sealed, chunk_count in rows}
 
 
-async def test_a_killed_replicas_check_is_redelivered_to_the_other_and_the_run_completes(
-    e2e_settings: Callable[..., Settings], nats_server: EmbeddedNats, moto_endpoint: str, tmp_path: Path
-) -> None:
+@dataclass
+class MidScan:
+    """Two collector replicas, each inside a scan of the run `run` (a task ending with its run id)."""
+
+    replicas: tuple[Replica, Replica]
+    run: asyncio.Task[str]
+    client: KushimClient
+    nc: NatsClient
+    database: Path
+    proxy: TcpProxy
+
+
+@contextlib.asynccontextmanager
+async def two_replicas_mid_scan(
+    e2e_settings: Callable[..., Settings],
+    nats_server: EmbeddedNats,
+    moto_endpoint: str,
+    tmp_path: Path,
+    *,
+    ack_wait: float,
+    replica_settings: dict[str, str] | None = None,
+) -> AsyncIterator[MidScan]:
+    """The three accounts seeded and registered, moto behind the proxy, the evidence service and the scheduler in
+    this process, two `kushim serve collector-iam` replicas (`replica_settings`: more of their environment); a run
+    over the accounts started, and yielded once both replicas are inside a scan (each logged `scan_started` for its
+    account and not yet `scan_reported`, and the consumer has two messages awaiting acks)."""
     seed(moto_endpoint)
     registry = tmp_path / "accounts.toml"
     for account in ACCOUNTS:
@@ -166,53 +192,67 @@ async def test_a_killed_replicas_check_is_redelivered_to_the_other_and_the_run_c
         settings = e2e_settings(
             accounts_file=registry,
             database_url=f"sqlite+aiosqlite:///{database}",
-            ack_wait_seconds=ACK_WAIT_SECONDS,
+            ack_wait_seconds=ack_wait,
             retry_delay_seconds=0.2,
             log_level="WARNING",
         )
         env = replica_env(settings, nats_url=nats_server.url, endpoint=proxy.url, home=tmp_path / "replica-home")
+        env.update(replica_settings or {})
         async with (
             running_stack(settings, services=["evidence", "scheduler"], migrate=True) as stack,
             nats_client(stack.url) as nc,
         ):
             js = nc.jetstream()
-            with replicas(2, env, tmp_path) as (victim, survivor):
+            with replicas(2, env, tmp_path) as (first, second):
 
                 async def both_pulling() -> bool:
-                    dead = [r for r in (victim, survivor) if r.process.poll() is not None]
+                    dead = [r for r in (first, second) if r.process.poll() is not None]
                     assert not dead, f"{dead[0].name} exited: {dead[0].log_tail()}"
                     with contextlib.suppress(Exception):  # not declared yet
                         return ((await js.consumer_info(subjects.STREAM_CHECKS, DURABLE)).num_waiting or 0) >= 2
                     return False
 
                 await eventually(both_pulling, timeout=30, interval=0.1, what="both replicas pulling")
-
                 client = await KushimClient.connect(stack.url)
+                run = asyncio.create_task(
+                    client.run_and_wait("two-replicas", services=[Service.IAM], timeout=RUN_TIMEOUT)
+                )
                 try:
-                    run = asyncio.create_task(
-                        client.run_and_wait("failover", services=[Service.IAM], timeout=RUN_TIMEOUT)
-                    )
 
                     async def both_inside_a_scan() -> bool:
                         if run.done():  # its exception, if it failed
-                            raise AssertionError(f"the run ended before a replica was killed: {run.result()}")
-                        if not (victim.open_scans() and survivor.open_scans()):
+                            raise AssertionError(f"the run ended before both replicas were scanning: {run.result()}")
+                        if not (first.open_scans() and second.open_scans()):
                             return False
                         info = await js.consumer_info(subjects.STREAM_CHECKS, DURABLE)
                         return int(info.num_ack_pending) >= 2
 
                     await eventually(both_inside_a_scan, timeout=20, interval=0.05, what="both replicas scanning")
-                    (killed_account,) = victim.open_scans()
-                    victim.process.send_signal(signal.SIGKILL)
-                    victim.process.wait(timeout=10)
-                    run_id = await asyncio.wait_for(run, RUN_TIMEOUT + 5)
-                    report = await client.report(run_id=run_id)
+                    yield MidScan((first, second), run, client, nc, database, proxy)
                 finally:
+                    run.cancel()
+                    with contextlib.suppress(BaseException):
+                        await run
                     await client.close()
-                info = await js.consumer_info(subjects.STREAM_CHECKS, DURABLE)
-                survivor_started = survivor.scans("scan_started")
-                survivor_reported = survivor.scans("scan_reported")
-            chunks = await stream_models(nc, subjects.STREAM_FINDINGS, "kushim.findings.>", FindingsReported)
+
+
+async def test_a_killed_replicas_check_is_redelivered_to_the_other_and_the_run_completes(
+    e2e_settings: Callable[..., Settings], nats_server: EmbeddedNats, moto_endpoint: str, tmp_path: Path
+) -> None:
+    async with two_replicas_mid_scan(
+        e2e_settings, nats_server, moto_endpoint, tmp_path, ack_wait=ACK_WAIT_SECONDS
+    ) as mid:
+        victim, survivor = mid.replicas
+        (killed_account,) = victim.open_scans()
+        victim.process.send_signal(signal.SIGKILL)
+        victim.process.wait(timeout=10)
+        run_id = await asyncio.wait_for(mid.run, RUN_TIMEOUT + 5)
+        report = await mid.client.report(run_id=run_id)
+        info = await mid.nc.jetstream().consumer_info(subjects.STREAM_CHECKS, DURABLE)
+        survivor_started = survivor.scans("scan_started")
+        survivor_reported = survivor.scans("scan_reported")
+        chunks = await stream_models(mid.nc, subjects.STREAM_FINDINGS, "kushim.findings.>", FindingsReported)
+        database, proxy = mid.database, mid.proxy
     assert proxy.delayed > 0
 
     # The run is complete; the victim reported nothing, the survivor scanned and reported every account once (the

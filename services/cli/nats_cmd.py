@@ -80,6 +80,8 @@ def check() -> None:
         err.print(f"[red]Could not check the topology on {safe_url(url)}:[/red] {type(exc).__name__}: {exc}")
         raise typer.Exit(render.EXIT_COULD_NOT_RUN) from None
     if drift:
-        err.print(f"[yellow]{drift} consumer setting(s) differ from this Kushim's: run `kushim nats init`.[/yellow]")
+        err.print(
+            f"[yellow]{drift} stream or consumer setting(s) differ from this Kushim's: run `kushim nats init`.[/yellow]"
+        )
         raise typer.Exit(render.EXIT_COULD_NOT_RUN)
     out.print(f"JetStream topology on {safe_url(url)} is complete.")

@@ -9,10 +9,8 @@ from services.collector_cloudtrail.collect import collect
 from services.collector_cloudtrail.ratelimit import LookupLimiters
 from services.collector_cloudtrail.snapshot import CloudTrailSnapshot
 from shared.aws import ApiCallCounter, AwsClients
-from shared.collector import CollectorSpec, Summary, register_collector
-from shared.credentials import account_access
+from shared.collector import CollectorSpec, Summary, collector_service
 from shared.messages import CheckRequested, Service
-from shared.nats import make_broker
 from shared.observability import Observability
 from shared.service import ServiceApp
 from shared.settings import Settings
@@ -57,8 +55,5 @@ def create_service(
     settings: Settings, *, url: str, aws: AwsClients | None = None, observability: Observability | None = None
 ) -> ServiceApp:
     """Build the service: its broker, the durable consumer wiring and the AWS clients (nothing connects yet)."""
-    obs = observability or Observability()
-    broker = make_broker(url, name=NAME, settings=settings, middlewares=obs.broker_middlewares(NAME))
     spec = spec_with_limiters(LookupLimiters(settings.lookup_events_rate))
-    register_collector(broker, spec, access=account_access(settings, aws), settings=settings, metrics=obs.metrics)
-    return ServiceApp(name=NAME, broker=broker, url=url, settings=settings)
+    return collector_service(NAME, spec, settings, url=url, aws=aws, observability=observability)

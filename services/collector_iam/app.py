@@ -6,10 +6,8 @@ from services.collector_iam.checks import CHECKS
 from services.collector_iam.collect import collect
 from services.collector_iam.snapshot import GLOBAL, IamSnapshot, IamUser
 from shared.aws import AwsClients
-from shared.collector import CollectorSpec, Summary, register_collector
-from shared.credentials import account_access
+from shared.collector import CollectorSpec, Summary, collector_service
 from shared.messages import Service
-from shared.nats import make_broker
 from shared.observability import Observability
 from shared.service import ServiceApp
 from shared.settings import Settings
@@ -58,7 +56,4 @@ def create_service(
     settings: Settings, *, url: str, aws: AwsClients | None = None, observability: Observability | None = None
 ) -> ServiceApp:
     """Build the service: its broker, the durable consumer wiring and the AWS clients (nothing connects yet)."""
-    obs = observability or Observability()
-    broker = make_broker(url, name=NAME, settings=settings, middlewares=obs.broker_middlewares(NAME))
-    register_collector(broker, SPEC, access=account_access(settings, aws), settings=settings, metrics=obs.metrics)
-    return ServiceApp(name=NAME, broker=broker, url=url, settings=settings)
+    return collector_service(NAME, SPEC, settings, url=url, aws=aws, observability=observability)

@@ -34,7 +34,7 @@ from services.evidence.upload import EvidenceConflict, S3Uploader, StoredObject,
 from shared import subjects
 from shared.accounts import Registry, RegistryFile
 from shared.aws import AwsClients
-from shared.consume import Consumer, Delivery, Rejected, describe_failure
+from shared.consume import Consumer, Delivery, InFlight, Rejected, describe_failure
 from shared.controls import gating_table
 from shared.credentials import default_clients
 from shared.messages import DeadLetter, FindingsReported, RunCompleted, RunJoined, RunPlanned, RunState
@@ -494,6 +494,7 @@ def create_evidence(
         metrics=obs.metrics,
     )
 
+    in_flight = InFlight()
     plans_spec = evidence_plans_consumer()
     plans: Consumer[RunPlanned] = Consumer(
         spec=plans_spec,
@@ -502,6 +503,7 @@ def create_evidence(
         broker=broker,
         settings=settings,
         context=lambda p: {"run_id": p.run_id, "request_id": p.request_id},
+        in_flight=in_flight,
     )
     findings_spec = evidence_findings_consumer()
     chunks: Consumer[FindingsReported] = Consumer(
@@ -511,6 +513,7 @@ def create_evidence(
         broker=broker,
         settings=settings,
         context=lambda c: {"run_id": c.run_id, "account_id": c.account_id, "service": c.service.value},
+        in_flight=in_flight,
     )
 
     @durable_subscriber(broker, plans_spec, description="Stores each run's plan: the pairs the run must receive.")
@@ -531,6 +534,7 @@ def create_evidence(
         broker=broker,
         settings=settings,
         context=lambda j: {"run_id": j.run_id, "request_id": j.request_id},
+        in_flight=in_flight,
     )
 
     @durable_subscriber(
@@ -541,7 +545,12 @@ def create_evidence(
 
     letters_spec = evidence_dead_letters_consumer()
     letters: Consumer[DeadLetter] = Consumer(
-        spec=letters_spec, model=DeadLetter, handler=service.handle_dead_letter, broker=broker, settings=settings
+        spec=letters_spec,
+        model=DeadLetter,
+        handler=service.handle_dead_letter,
+        broker=broker,
+        settings=settings,
+        in_flight=in_flight,
     )
 
     @durable_subscriber(
@@ -577,6 +586,7 @@ def create_evidence(
         on_start=[service.start],
         background=[service.deadline_loop],
         on_stop=[service.stop],
+        in_flight=in_flight,
     )
     return app, service
 

@@ -14,7 +14,7 @@ from shared import subjects
 from shared.accounts import ALL_REGIONS
 from shared.aws import AwsClients, TransientAwsError, classify_error
 from shared.connect import check_connection
-from shared.consume import Consumer, Delivery, Rejected, validation_reason
+from shared.consume import Consumer, Delivery, InFlight, Rejected, validation_reason
 from shared.credentials import AccountAccess, UnregisteredAccount, account_access
 from shared.messages import ConnectionTestRequest, ConnectionTestResult, RunCompleted, RunRequested
 from shared.nats import (
@@ -92,7 +92,7 @@ def create_service(
     broker = make_broker(url, name="scheduler", settings=settings, middlewares=middlewares)
     access = access or account_access(settings, aws)
     aws = access.base
-    coalescer = Coalescer(broker, window_seconds=settings.coalesce_window_seconds)
+    coalescer = Coalescer(broker, window_seconds=settings.coalesce_window_seconds, replicas=settings.stream_replicas)
     planner = Planner(
         broker=broker,
         settings=settings,
@@ -100,6 +100,8 @@ def create_service(
         regions=ScanRegions(settings, access),
         coalescer=coalescer if settings.coalesce else None,
     )
+
+    in_flight = InFlight()
 
     def consumer_of(spec: ConsumerSpec) -> Consumer[RunRequested]:
         return Consumer(
@@ -110,6 +112,7 @@ def create_service(
             settings=settings,
             on_rejected=planner.rejected,
             context=lambda r: {"request_id": r.request_id},
+            in_flight=in_flight,
         )
 
     requests, tenant_requests = consumer_of(scheduler_consumer()), consumer_of(scheduler_tenant_consumer())
@@ -141,6 +144,7 @@ def create_service(
             broker=broker,
             settings=settings,
             context=lambda c: {"run_id": c.run_id, "request_id": c.request_id},
+            in_flight=in_flight,
         )
 
     completions = completions_of(scheduler_completions_consumer())
@@ -203,7 +207,9 @@ def create_service(
         accounts = await access.known_accounts()
         log.info("accounts_known", accounts=len(accounts), registry=str(settings.registry_path) if registry else None)
 
-    app = ServiceApp(name="scheduler", broker=broker, url=url, settings=settings, on_start=[resolve_accounts])
+    app = ServiceApp(
+        name="scheduler", broker=broker, url=url, settings=settings, on_start=[resolve_accounts], in_flight=in_flight
+    )
     if settings.schedule_enabled:
         app.background.append(Schedules(broker=broker, settings=settings, registry=access.registry).run)
     return app

@@ -143,8 +143,11 @@ class Coalescer:
         *,
         window_seconds: float = 30.0,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        replicas: int = 1,
     ) -> None:
+        """`replicas`: the bucket's copies when this creates it (KUSHIM_STREAM_REPLICAS)."""
         self._broker = broker
+        self._replicas = replicas
         self._window = timedelta(seconds=window_seconds)
         self._clock = clock
         self._kv: KeyValue | None = None
@@ -155,6 +158,7 @@ class Coalescer:
                 COALESCE_BUCKET,
                 description="Coalescing: each request's decision (lead or join) and the claim of each scope in flight.",
                 ttl=COALESCE_TTL_SECONDS,
+                replicas=self._replicas,
             )
         return self._kv
 

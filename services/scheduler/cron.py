@@ -109,16 +109,23 @@ class SlotClaims(Protocol):
 class KvSlotClaims:
     """Slot claims in the JetStream key-value bucket KUSHIM_SCHEDULE."""
 
-    def __init__(self, broker: NatsBroker, owner: str | None = None, group: str | None = None) -> None:
+    def __init__(
+        self, broker: NatsBroker, owner: str | None = None, group: str | None = None, replicas: int = 1
+    ) -> None:
+        """`replicas`: the bucket's copies when this creates it (KUSHIM_STREAM_REPLICAS)."""
         self._broker = broker
         self._owner = owner or f"{socket.gethostname()}-{id(self):x}"
         self._group = group
+        self._replicas = replicas
         self._kv: KeyValue | None = None
 
     async def _bucket(self) -> KeyValue:
         if self._kv is None:
             self._kv = await self._broker.key_value(
-                SCHEDULE_BUCKET, description="Claimed schedule slots (one run per slot).", ttl=CLAIM_TTL_SECONDS
+                SCHEDULE_BUCKET,
+                description="Claimed schedule slots (one run per slot).",
+                ttl=CLAIM_TTL_SECONDS,
+                replicas=self._replicas,
             )
         return self._kv
 
@@ -173,13 +180,14 @@ class CronLoop:
         catch_up_at_start: bool = True,
         group: str | None = None,
         accounts: Callable[[], list[str] | None] = lambda: None,
+        replicas: int = 1,
     ) -> None:
         self._broker = broker
         self._expression = expression
         self._timezone = timezone
         self._group = group
         self._accounts = accounts
-        self._claims = claims or KvSlotClaims(broker, group=group)
+        self._claims = claims or KvSlotClaims(broker, group=group, replicas=replicas)
         self._catch_up = timedelta(seconds=catch_up_seconds)
         self._catch_up_at_start = catch_up_at_start
         self._clock = clock
@@ -318,6 +326,7 @@ class Schedules:
             catch_up_at_start=catch_up,
             group=group,
             accounts=lambda: self.accounts_of(group),
+            replicas=self._settings.stream_replicas,
         )
 
     async def run(self) -> None:

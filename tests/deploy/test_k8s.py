@@ -5,9 +5,9 @@ checked offline: no cluster, no Helm.
   of a built-in kind against the oldest and the newest Kubernetes we target (it has no schema for CRDs such as
   KEDA's ScaledObject and only warns about them: the warnings are checked to name nothing else).
 - What no schema knows is checked against the code: each Deployment runs a real `kushim serve` target with the NATS
-  user of deploy/nats/nats-server.conf meant for it, probes, grace periods (from the Settings defaults and the
-  broker's graceful timeout), settings that exist, the registry mounted as a directory, PDBs and ScaledObjects that
-  select what exists, KEDA scaling on the durable consumers the code declares, the Jobs' users and commands.
+  user of deploy/nats/nats-server.conf meant for it, probes, grace periods (from each workload's shutdown grace and
+  the broker's graceful timeout), settings that exist, the registry mounted as a directory, PDBs and ScaledObjects
+  that select what exists, KEDA scaling on the durable consumers the code declares, the Jobs' users and commands.
 - The Helm values carry exactly the users and permissions of nats-server.conf, and nats-server itself accepts the
   configuration they describe (`nats-server -t`). The chart's own rendering is not exercised (no Helm here).
 """
@@ -32,7 +32,7 @@ from pydantic import AliasChoices
 from services.cli.stack import SERVICES
 from shared.embedded import nats_server_binary
 from shared.messages import Service
-from shared.nats import all_consumers, collector_consumer, make_broker
+from shared.nats import HAND_BACK_SECONDS, all_consumers, collector_consumer, make_broker
 from shared.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -298,18 +298,26 @@ def normalized_permissions(permissions: Doc) -> Doc:
 # --- shutdown timing ------------------------------------------------------------------------------------------------
 
 
-def broker_graceful_timeout() -> float:
-    """What `kushim serve` gives in-flight handlers on SIGTERM: the broker of shared/nats.py make_broker with the
-    default settings (no connection is made)."""
-    broker = make_broker("nats://127.0.0.1:4222", name="grace-period-check", settings=Settings())
+def shutdown_grace(workload: Doc) -> float:
+    """The workload's KUSHIM_SHUTDOWN_GRACE_SECONDS: its env's value, or the Settings default."""
+    found = [entry for entry in env_of(workload) if entry["name"] == "KUSHIM_SHUTDOWN_GRACE_SECONDS"]
+    return float(found[0]["value"]) if found else Settings().shutdown_grace_seconds
+
+
+def broker_graceful_timeout(grace: float) -> float:
+    """What `kushim serve` gives in-flight handlers on SIGTERM: the broker of shared/nats.py make_broker with that
+    grace (no connection is made): the grace, then the time handed-back handlers get to nack."""
+    broker = make_broker(
+        "nats://127.0.0.1:4222", name="grace-period-check", settings=Settings(shutdown_grace_seconds=grace)
+    )
     timeout = broker.config.graceful_timeout
     assert timeout is not None
     return timeout
 
 
-def shutdown_bound() -> float:
+def shutdown_bound(grace: float) -> float:
     """The broker's graceful timeout, then the NATS connection's drain (nats-py's default drain timeout)."""
-    return broker_graceful_timeout() + float(DEFAULT_DRAIN_TIMEOUT)
+    return broker_graceful_timeout(grace) + float(DEFAULT_DRAIN_TIMEOUT)
 
 
 # === rendering and schema validation ================================================================================
@@ -391,14 +399,15 @@ def test_probes_hit_healthz_and_readyz_on_the_http_port(target: str) -> None:
 @pytest.mark.parametrize("target", TARGETS)
 def test_grace_periods_outlast_the_graceful_shutdown_and_for_collectors_a_scan(target: str) -> None:
     handler_timeout = Settings().handler_timeout_seconds
-    assert broker_graceful_timeout() == max(5.0, Settings().ack_wait_seconds / 2)
+    assert broker_graceful_timeout(30.0) == 30.0 + HAND_BACK_SECONDS
     for service, deployment in deployments(target).items():
-        grace = pod_spec(deployment)["terminationGracePeriodSeconds"]
-        assert grace > shutdown_bound(), f"{service}: {grace} s <= graceful timeout + NATS drain ({shutdown_bound()} s)"
+        grace = shutdown_grace(deployment)
+        period = pod_spec(deployment)["terminationGracePeriodSeconds"]
+        bound = shutdown_bound(grace)
+        assert period > bound, f"{service}: {period} s <= shutdown grace + hand-back + NATS drain ({bound} s)"
         if service in COLLECTORS:
-            # a scan may run for the handler timeout; then the connection drains
-            bound = handler_timeout + float(DEFAULT_DRAIN_TIMEOUT)
-            assert grace >= bound, f"{service}: {grace} s < handler timeout + NATS drain ({bound} s)"
+            # any scan that can finish (within the handler timeout) finishes before the pod stops
+            assert grace >= handler_timeout, f"{service}: KUSHIM_SHUTDOWN_GRACE_SECONDS {grace} < {handler_timeout}"
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -487,6 +496,8 @@ def test_settings_config_map_names_real_settings_with_valid_values(
     settings = Settings()  # the values are valid, too
     assert settings.declare_topology is False
     assert settings.log_format == "json"
+    # a copy of each stream per NATS server of the Helm values, up to JetStream's 5
+    assert settings.stream_replicas == min(5, int(helm_values()["config"]["cluster"]["replicas"]))
     assert settings.accounts_file is not None
     assert settings.accounts_file.parent == Path("/etc/kushim")
     for workload in workloads(target):
