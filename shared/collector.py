@@ -53,7 +53,8 @@ class CollectorSpec(Generic[S]):
 
 class AccountGuard:
     """The clients of a requested account, once its credentials are proven to belong to it (sts:GetCallerIdentity,
-    once per account and access): an unregistered account is rejected, a role pointing at another account too.
+    once per account and access, except for an assumed role: its ARN names the account): an unregistered account is
+    rejected, keys of another account too.
     Before every scan the account's credentials are obtained (a no-op while they are fresh), so a role or secret that
     stopped working is reported as such, not as every API call of the scan being denied."""
 
@@ -69,9 +70,14 @@ class AccountGuard:
                 await aws.resolve_credentials()
                 if self._verified.get(account_id) is aws:
                     return aws
-                # The default credentials' account is known (and cached) already; others are asked once.
-                own = aws is self._access.base
-                actual = await (self._access.caller_account() if own else aws.caller_account())
+                # The default credentials' account is known (and cached) already; an assumed role's is its ARN's;
+                # others (keys from Secrets Manager) are asked once.
+                if aws is self._access.base:
+                    actual = await self._access.caller_account()
+                elif self._access.names_its_account(account_id):
+                    actual = account_id
+                else:
+                    actual = await aws.caller_account()
             except UnregisteredAccount as exc:
                 raise Rejected(f"{exc}; not scanned") from exc
             except Exception as exc:

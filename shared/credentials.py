@@ -190,6 +190,13 @@ class AccountAccess:
             clients = self._clients[key] = AwsClients(self._settings, session)
         return clients
 
+    def names_its_account(self, account_id: str) -> bool:
+        """Do the account's credentials belong to it without asking sts:GetCallerIdentity? An assumed role's do: STS
+        hands out credentials of the role's own account, and the registry refuses a role ARN of another account."""
+        registry = self.registry()
+        account = registry.account(account_id) if registry is not None else None
+        return account is not None and isinstance(account.access, AssumeRoleAccess)
+
     def describe_access(self, account_id: str) -> str:
         """How the account is reached, for messages (never the ExternalId)."""
         registry = self.registry()

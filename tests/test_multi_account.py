@@ -108,6 +108,9 @@ async def test_two_member_accounts_by_assume_role_each_see_only_their_own_resour
         assert external_id is not None, call
         sent[arn.group(1)] = external_id.group(1)
     assert sent == external_ids
+    # An assumed role's credentials belong to the role's account (the registry refuses a role of another): the
+    # collectors do not ask sts:GetCallerIdentity for them.
+    assert "Action=GetCallerIdentity" not in wire
     # ExternalIds are kept out of logs (every logger at DEBUG, botocore's included).
     log_text = debug_log.getvalue()
     assert "role_assumed" in log_text
