@@ -182,7 +182,8 @@ class Settings(BaseSettings):
     tracing: Literal["none", "console", "otlp"] = Field(
         "none",
         description="OpenTelemetry tracing of the services: `none`; `console` (spans as JSON on stdout); `otlp` "
-        "(needs the opentelemetry-exporter-otlp-proto-http package, or -grpc with OTEL_EXPORTER_OTLP_PROTOCOL=grpc; "
+        "(over HTTP: the `otlp` extra, pip install 'kushim[otlp]', in the image; over gRPC: the "
+        "opentelemetry-exporter-otlp-proto-grpc package and OTEL_EXPORTER_OTLP_PROTOCOL=grpc; "
         "endpoint and headers from the standard OTEL_EXPORTER_OTLP_* variables, service name from OTEL_SERVICE_NAME).",
     )
 

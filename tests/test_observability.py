@@ -10,12 +10,15 @@ import io
 import json
 import signal
 import sys
+import threading
 import types
 import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from opentelemetry.sdk.resources import Resource
@@ -449,12 +452,61 @@ async def test_a_missing_otlp_exporter_stops_the_start(command: str, nats_server
         KUSHIM_HOME=str(tmp_path / "home"),
         KUSHIM_HTTP_PORT=str(free_port()),
     )
+    # The HTTP exporter comes with the `otlp` extra (the image, `make test`); the gRPC one is not installed.
+    env["OTEL_EXPORTER_OTLP_PROTOCOL"] = "grpc"
     args = ["serve", "collector-iam"] if command == "serve" else ["up"]
-    if _installed("opentelemetry.exporter.otlp.proto.http.trace_exporter"):
-        pytest.skip("the OTLP exporter is installed")
+    if _installed("opentelemetry.exporter.otlp.proto.grpc.trace_exporter"):
+        pytest.skip("the gRPC OTLP exporter is installed")
     code, _, err = await kushim(*args, env=env, timeout=60)
     assert code == EXIT_COULD_NOT_RUN
-    assert "opentelemetry-exporter-otlp-proto-http" in err
+    assert "opentelemetry-exporter-otlp-proto-grpc" in err
+
+
+class OtlpReceiver(BaseHTTPRequestHandler):
+    """An OTLP/HTTP collector stand-in: keeps what is POSTed to /v1/traces."""
+
+    received: ClassVar[list[tuple[str, str, bytes]]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        type(self).received.append((self.path, self.headers.get("Content-Type", ""), body))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/x-protobuf")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_otlp_exports_spans_over_http_with_the_extra_installed(
+    make_settings: Callable[..., Settings], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """KUSHIM_TRACING=otlp with the `otlp` extra's exporter: spans reach an OTLP/HTTP endpoint named by the standard
+    variables, as protobuf."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    OtlpReceiver.received = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), OtlpReceiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
+        observability = Observability.from_settings(make_settings(tracing="otlp"), service_name="kushim-x")
+        assert observability.tracer_provider is not None
+        observability.tracer_provider.get_tracer("test").start_span("exported").end()
+        observability.shutdown()  # flushes the batch
+    finally:
+        server.shutdown()
+        server.server_close()
+    ((path, content_type, body),) = OtlpReceiver.received
+    assert path == "/v1/traces"
+    assert content_type == "application/x-protobuf"
+    request = ExportTraceServiceRequest.FromString(body)
+    (resource_spans,) = request.resource_spans
+    service = {a.key: a.value.string_value for a in resource_spans.resource.attributes}["service.name"]
+    assert service == "kushim-x"
+    assert [span.name for scope in resource_spans.scope_spans for span in scope.spans] == ["exported"]
 
 
 def _installed(module: str) -> bool:
