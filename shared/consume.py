@@ -287,7 +287,9 @@ class InFlight:
         self._running: set[asyncio.Task[None]] = set()
         self._handed_back: set[asyncio.Task[None]] = set()
 
-    def __len__(self) -> int:
+    @property
+    def running(self) -> int:
+        """How many handlers are running now."""
         return len(self._running)
 
     async def run(self, handler: Coroutine[object, object, None]) -> None:
@@ -340,7 +342,7 @@ class Consumer(Generic[M]):
         """`in_flight`: the service's running handlers (`ServiceApp.in_flight`), waited for and handed back when it
         stops; without it the handlers are only waited for (FastStream's graceful timeout)."""
         self.name = spec.durable
-        self._in_flight = in_flight if in_flight is not None else InFlight()  # (an empty one is falsy)
+        self._in_flight = in_flight if in_flight is not None else InFlight()
         self._model = model
         self._handler = handler
         self._settings = settings

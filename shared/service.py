@@ -100,8 +100,8 @@ class ServiceApp:
         # The broker stops fetching at once and waits for the running handlers (its graceful timeout is a little
         # longer than the grace); past the grace they are handed back, nacked while the connection is still open.
         hand_back = asyncio.create_task(self.in_flight.hand_back_after(self.settings.shutdown_grace_seconds))
-        if len(self.in_flight):
-            log.info("service_stopping", service=self.name, running=len(self.in_flight))
+        if self.in_flight.running:
+            log.info("service_stopping", service=self.name, running=self.in_flight.running)
         try:
             await self.broker.stop()
         finally:
