@@ -29,7 +29,7 @@ from nats.js.api import (
     StorageType,
     StreamConfig,
 )
-from nats.js.errors import APIError, BadRequestError
+from nats.js.errors import APIError, BadRequestError, NotFoundError
 from pydantic import BaseModel
 
 from shared import subjects
@@ -277,7 +277,27 @@ async def declare_topology(js: JetStreamContext, settings: Settings) -> None:
             raise
     for spec in all_consumers():
         await js.add_consumer(spec.stream, consumer_config(spec, settings))
+    await _replicate_buckets(js, settings)
     log.debug("topology_declared", streams=len(stream_configs(settings)), consumers=len(all_consumers()))
+
+
+def kv_stream(bucket: str) -> str:
+    """The stream that holds a JetStream key-value bucket."""
+    return f"KV_{bucket}"
+
+
+async def _replicate_buckets(js: JetStreamContext, settings: Settings) -> None:
+    """The scheduler creates its key-value buckets (on first use, with KUSHIM_STREAM_REPLICAS); a bucket created before
+    the setting changed gets the new replica count here, its other configuration unchanged."""
+    for bucket in subjects.KV_BUCKETS:
+        try:
+            info = await js.stream_info(kv_stream(bucket))
+        except NotFoundError:
+            continue  # not created yet: the scheduler will, with the setting
+        if info.config.num_replicas != settings.stream_replicas:
+            info.config.num_replicas = settings.stream_replicas
+            await js.update_stream(info.config)
+            log.info("kv_bucket_replicas_changed", bucket=bucket, replicas=settings.stream_replicas)
 
 
 def make_broker(

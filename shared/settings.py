@@ -88,8 +88,8 @@ class Settings(BaseSettings):
         le=5,
         description="Copies JetStream keeps of each Kushim stream and key-value bucket: 1 on a single nats-server "
         "(the embedded one); 3 on a JetStream cluster of 3 or more servers, so losing one loses nothing. Applied by "
-        "`kushim nats init` (or a service declaring the topology) to the streams, and by the scheduler when it "
-        "creates its key-value buckets.",
+        "`kushim nats init` (or a service declaring the topology) to the streams and the existing key-value buckets, "
+        "and by the scheduler when it creates its buckets.",
     )
     chunk_max_bytes: int = Field(
         256 * 1024, ge=16 * 1024, le=900 * 1024, description="Maximum size of one FindingsReported chunk."

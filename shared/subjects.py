@@ -66,6 +66,11 @@ STREAM_FINDINGS: Final = "KUSHIM_FINDINGS"
 STREAM_DLQ: Final = "KUSHIM_DLQ"
 STREAM_ADVISORIES: Final = "KUSHIM_ADVISORIES"
 """Captures the server's MAX_DELIVERIES advisories for Kushim's streams (a consumer gave up on a message)."""
+KV_SCHEDULE: Final = "KUSHIM_SCHEDULE"
+"""The scheduler's key-value bucket of claimed schedule slots (its stream: KV_KUSHIM_SCHEDULE)."""
+KV_COALESCE: Final = "KUSHIM_COALESCE"
+"""The scheduler's key-value bucket of coalescing decisions and scope claims (its stream: KV_KUSHIM_COALESCE)."""
+KV_BUCKETS: Final = (KV_SCHEDULE, KV_COALESCE)
 
 
 def checks_subject(service: Service) -> str:

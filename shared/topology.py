@@ -12,7 +12,8 @@ import structlog
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from shared.nats import all_consumers, consumer_config, declare_topology, stream_configs
+from shared import subjects
+from shared.nats import all_consumers, consumer_config, declare_topology, kv_stream, stream_configs
 from shared.settings import Settings
 
 log = structlog.get_logger(__name__)
@@ -45,6 +46,15 @@ async def verify_topology(js: JetStreamContext, settings: Settings) -> list[Drif
             continue
         if info.config.num_replicas != stream.num_replicas:
             drift.append(Drift(str(stream.name), "num_replicas", info.config.num_replicas, stream.num_replicas))
+    for bucket in subjects.KV_BUCKETS:  # created by the scheduler on first use: only their replicas are checked
+        try:
+            bucket_info = await js.stream_info(kv_stream(bucket))
+        except NotFoundError:
+            continue
+        if bucket_info.config.num_replicas != settings.stream_replicas:
+            drift.append(
+                Drift(kv_stream(bucket), "num_replicas", bucket_info.config.num_replicas, settings.stream_replicas)
+            )
     for spec in all_consumers():
         try:
             consumer = await js.consumer_info(spec.stream, spec.durable)

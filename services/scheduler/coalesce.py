@@ -37,11 +37,13 @@ from faststream.nats import NatsBroker
 from nats.js.errors import APIError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from services.scheduler.buckets import open_bucket
+from shared import subjects
 from shared.messages import Service
 
 log = structlog.get_logger(__name__)
 
-COALESCE_BUCKET = "KUSHIM_COALESCE"
+COALESCE_BUCKET = subjects.KV_COALESCE
 COALESCE_TTL_SECONDS = 86_400.0
 """Keys are kept a day: a request redelivered within that time replays its decision. Claims end long before
 (released by their run's completion, or dead after their deadline); the TTL only bounds what the bucket keeps."""
@@ -154,7 +156,8 @@ class Coalescer:
 
     async def bucket(self) -> KeyValue:
         if self._kv is None:
-            self._kv = await self._broker.key_value(
+            self._kv = await open_bucket(
+                self._broker,
                 COALESCE_BUCKET,
                 description="Coalescing: each request's decision (lead or join) and the claim of each scope in flight.",
                 ttl=COALESCE_TTL_SECONDS,

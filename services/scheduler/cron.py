@@ -28,6 +28,7 @@ from faststream.nats import NatsBroker
 from nats.js.errors import KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
+from services.scheduler.buckets import open_bucket
 from shared import subjects
 from shared.accounts import Account, Registry
 from shared.messages import RunRequested
@@ -36,7 +37,7 @@ from shared.settings import Settings
 
 log = structlog.get_logger(__name__)
 
-SCHEDULE_BUCKET = "KUSHIM_SCHEDULE"
+SCHEDULE_BUCKET = subjects.KV_SCHEDULE
 CLAIM_TTL_SECONDS = 40 * 86_400.0
 """Claims are kept 40 days: longer than any catch-up window."""
 STALE_CLAIM_SECONDS = 120.0
@@ -121,7 +122,8 @@ class KvSlotClaims:
 
     async def _bucket(self) -> KeyValue:
         if self._kv is None:
-            self._kv = await self._broker.key_value(
+            self._kv = await open_bucket(
+                self._broker,
                 SCHEDULE_BUCKET,
                 description="Claimed schedule slots (one run per slot).",
                 ttl=CLAIM_TTL_SECONDS,
