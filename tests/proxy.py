@@ -209,17 +209,11 @@ class TcpProxy:
         self.forwarded += 1
         link = _Link(writer, up_writer)
         self._links.add(link)
-        if self.delay > 0:
-            turn = _Turn()
-            link.tasks = [
-                asyncio.create_task(self._pump_requests(reader, up_writer, turn)),
-                asyncio.create_task(self._pump_answers(up_reader, writer, turn)),
-            ]
-        else:
-            link.tasks = [
-                asyncio.create_task(self._pump(reader, up_writer, self.sent)),
-                asyncio.create_task(self._pump(up_reader, writer, None)),
-            ]
+        turn = _Turn()
+        link.tasks = [
+            asyncio.create_task(self._pump_requests(reader, up_writer, turn)),
+            asyncio.create_task(self._pump_answers(up_reader, writer, turn)),
+        ]
         try:
             await asyncio.gather(*link.tasks, return_exceptions=True)
         finally:
@@ -242,10 +236,11 @@ class TcpProxy:
             writer.transport.abort()
 
     async def _pump_requests(self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, turn: _Turn) -> None:
-        """Client -> target with latency: the first chunk of each client turn waits `delay` seconds."""
+        """Client -> target (recorded in `sent` when asked), with latency: the first chunk of each client turn waits
+        `delay` seconds."""
         try:
             while data := await source.read(_BUFFER):
-                if turn.client_to_speak:
+                if turn.client_to_speak and self.delay > 0:
                     turn.client_to_speak = False
                     self.delayed += 1
                     await asyncio.sleep(self.delay)
@@ -264,19 +259,6 @@ class TcpProxy:
         try:
             while data := await source.read(_BUFFER):
                 turn.client_to_speak = True
-                sink.write(data)
-                await sink.drain()
-            if sink.can_write_eof():
-                sink.write_eof()
-        except OSError:
-            sink.transport.abort()
-
-    @staticmethod
-    async def _pump(source: asyncio.StreamReader, sink: asyncio.StreamWriter, record: bytearray | None) -> None:
-        try:
-            while data := await source.read(_BUFFER):
-                if record is not None:
-                    record += data
                 sink.write(data)
                 await sink.drain()
             if sink.can_write_eof():
