@@ -19,6 +19,7 @@ from aiobotocore.credentials import AioDeferredRefreshableCredentials
 from aiobotocore.session import AioSession, get_session
 
 from shared.accounts import (
+    Account,
     AssumeRoleAccess,
     DefaultAccess,
     Registry,
@@ -190,17 +191,20 @@ class AccountAccess:
             clients = self._clients[key] = AwsClients(self._settings, session)
         return clients
 
+    def _registered(self, account_id: str) -> Account | None:
+        """The account's registry entry; None without a registry or when it is not registered."""
+        registry = self.registry()
+        return registry.account(account_id) if registry is not None else None
+
     def names_its_account(self, account_id: str) -> bool:
         """Do the account's credentials belong to it without asking sts:GetCallerIdentity? An assumed role's do: STS
         hands out credentials of the role's own account, and the registry refuses a role ARN of another account."""
-        registry = self.registry()
-        account = registry.account(account_id) if registry is not None else None
+        account = self._registered(account_id)
         return account is not None and isinstance(account.access, AssumeRoleAccess)
 
     def describe_access(self, account_id: str) -> str:
         """How the account is reached, for messages (never the ExternalId)."""
-        registry = self.registry()
-        account = registry.account(account_id) if registry is not None else None
+        account = self._registered(account_id)
         if account is None or isinstance(account.access, DefaultAccess):
             return "the default credentials"
         if isinstance(account.access, AssumeRoleAccess):
@@ -209,8 +213,7 @@ class AccountAccess:
 
     def regions(self, account_id: str) -> list[str] | None:
         """The account's own regions from the registry (["all"] for discovery), or None for KUSHIM_REGIONS."""
-        registry = self.registry()
-        account = registry.account(account_id) if registry is not None else None
+        account = self._registered(account_id)
         return list(account.regions) if account is not None and account.regions else None
 
 

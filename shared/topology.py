@@ -38,23 +38,19 @@ async def verify_topology(js: JetStreamContext, settings: Settings) -> list[Drif
     """Check that every stream and durable consumer exists; return the streams and consumers that differ."""
     missing: list[str] = []
     drift: list[Drift] = []
-    for stream in stream_configs(settings):
+    # The scheduler creates its key-value buckets on first use: a missing one is not missing, an existing one is
+    # checked like a stream.
+    streams = [(str(config.name), True) for config in stream_configs(settings)]
+    streams += [(kv_stream(bucket), False) for bucket in subjects.KV_BUCKETS]
+    for name, required in streams:
         try:
-            info = await js.stream_info(str(stream.name))
+            info = await js.stream_info(name)
         except NotFoundError:
-            missing.append(f"stream {stream.name}")
+            if required:
+                missing.append(f"stream {name}")
             continue
-        if info.config.num_replicas != stream.num_replicas:
-            drift.append(Drift(str(stream.name), "num_replicas", info.config.num_replicas, stream.num_replicas))
-    for bucket in subjects.KV_BUCKETS:  # created by the scheduler on first use: only their replicas are checked
-        try:
-            bucket_info = await js.stream_info(kv_stream(bucket))
-        except NotFoundError:
-            continue
-        if bucket_info.config.num_replicas != settings.stream_replicas:
-            drift.append(
-                Drift(kv_stream(bucket), "num_replicas", bucket_info.config.num_replicas, settings.stream_replicas)
-            )
+        if info.config.num_replicas != settings.stream_replicas:
+            drift.append(Drift(name, "num_replicas", info.config.num_replicas, settings.stream_replicas))
     for spec in all_consumers():
         try:
             consumer = await js.consumer_info(spec.stream, spec.durable)
