@@ -292,3 +292,18 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite+aiosqlite:///{self.home / 'kushim.db'}"
+
+
+def setting_env_names() -> dict[str, list[str]]:
+    """Each setting's environment variables, by field name: KUSHIM_<FIELD>, or its own names (AWS_REGION and
+    AWS_DEFAULT_REGION, say). What `kushim settings` lists and the docs and deployment files are checked against."""
+    names: dict[str, list[str]] = {}
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        if alias is None:
+            names[name] = [f"KUSHIM_{name.upper()}"]
+        elif isinstance(alias, AliasChoices):
+            names[name] = [str(choice) for choice in alias.choices]
+        else:
+            names[name] = [str(alias)]
+    return names

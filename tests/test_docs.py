@@ -5,27 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pydantic import AliasChoices, BaseModel
+from pydantic import BaseModel
 
 from shared import messages, subjects
 from shared.controls import CATALOG
 from shared.messages import Service
-from shared.settings import Settings
+from shared.settings import setting_env_names
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
 
 def env_vars() -> list[str]:
-    names: list[str] = []
-    for name, field in Settings.model_fields.items():
-        alias = field.validation_alias
-        if alias is None:
-            names.append(f"KUSHIM_{name.upper()}")
-        elif isinstance(alias, str):
-            names.append(alias)
-        elif isinstance(alias, AliasChoices):
-            names.extend(str(choice) for choice in alias.choices)
-    return names
+    return [variable for variables in setting_env_names().values() for variable in variables]
 
 
 @pytest.mark.parametrize("variable", env_vars())

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import structlog
 import typer
-from pydantic import AliasChoices, TypeAdapter, ValidationError
+from pydantic import TypeAdapter, ValidationError
 from rich.table import Table
 
 from services.cli import render
@@ -40,7 +40,7 @@ from shared.log import configure_logging
 from shared.messages import AccountId, ConnectionTestResult, Service
 from shared.observability import TracingUnavailable, tracer_provider_from_settings
 from shared.permissions import read_only_policy
-from shared.settings import Settings
+from shared.settings import Settings, setting_env_names
 
 log = structlog.get_logger(__name__)
 
@@ -408,16 +408,9 @@ def showload_settings() -> None:
     table = Table(title="Settings (environment variables; also read from ./.env)")
     for col in ("Variable", "Default", "Meaning"):
         table.add_column(col, overflow="fold")
+    variables = setting_env_names()
     for name, field in Settings.model_fields.items():
-        alias = field.validation_alias
-        if alias is None:
-            var = f"KUSHIM_{name.upper()}"
-        elif isinstance(alias, str):
-            var = alias
-        elif isinstance(alias, AliasChoices):
-            var = " / ".join(str(choice) for choice in alias.choices)
-        else:
-            var = str(alias)
+        var = " / ".join(variables[name])
         default: Any = "(computed)" if field.default_factory is not None else field.default
         table.add_row(var, "" if default is None else str(default), field.description or "")
     out.print(table)

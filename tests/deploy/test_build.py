@@ -29,7 +29,6 @@ import boto3
 import nats
 import pytest
 import typer.main
-from pydantic import AliasChoices
 from ruamel.yaml import YAML
 
 from services.cli.demo_account import DEMO_EVIDENCE_BUCKET, DEMO_REGION, DEMO_USERS
@@ -38,7 +37,7 @@ from services.cli.stack import SERVICES
 from shared.accounts import parse_registry
 from shared.embedded import start_nats
 from shared.probes import DEFAULT_SERVE_PORT
-from shared.settings import Settings
+from shared.settings import setting_env_names
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
@@ -113,16 +112,7 @@ def environment(spec: dict[str, Any]) -> dict[str, Any]:
 
 def setting_variables() -> set[str]:
     """Every environment variable Settings reads: KUSHIM_<FIELD> or the field's alias (AWS_REGION, ...)."""
-    names: set[str] = set()
-    for name, field in Settings.model_fields.items():
-        alias = field.validation_alias
-        if alias is None:
-            names.add(f"KUSHIM_{name.upper()}")
-        elif isinstance(alias, str):
-            names.add(alias)
-        elif isinstance(alias, AliasChoices):
-            names.update(str(choice) for choice in alias.choices)
-    return names
+    return {variable for variables in setting_env_names().values() for variable in variables}
 
 
 def strings(node: Any) -> Iterator[str]:

@@ -27,13 +27,12 @@ from typing import Any
 import pytest
 import yaml  # type: ignore[import-untyped]  # PyYAML ships no types; types-PyYAML is not a dependency
 from nats.aio.client import DEFAULT_DRAIN_TIMEOUT
-from pydantic import AliasChoices
 
 from services.cli.stack import SERVICES
 from shared.embedded import nats_server_binary
 from shared.messages import Service
 from shared.nats import HAND_BACK_SECONDS, all_consumers, collector_consumer, make_broker
-from shared.settings import Settings
+from shared.settings import Settings, setting_env_names
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
@@ -470,26 +469,12 @@ def test_only_evidence_and_the_migration_get_the_database(target: str) -> None:
             assert reference == {"name": "kushim-database", "key": "url"}, component
 
 
-def setting_env_names() -> set[str]:
-    """Every environment variable Settings reads: KUSHIM_<field> and the AWS aliases."""
-    names: set[str] = set()
-    for field_name, field in Settings.model_fields.items():
-        alias = field.validation_alias
-        if alias is None:
-            names.add(f"KUSHIM_{field_name.upper()}")
-        elif isinstance(alias, AliasChoices):
-            names.update(choice for choice in alias.choices if isinstance(choice, str))
-        else:
-            names.add(str(alias))
-    return names
-
-
 @pytest.mark.parametrize("target", TARGETS)
 def test_settings_config_map_names_real_settings_with_valid_values(
     target: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     data: dict[str, str] = config_map(target, "kushim-config")["data"]
-    unknown = set(data) - setting_env_names()
+    unknown = set(data) - {variable for variables in setting_env_names().values() for variable in variables}
     assert not unknown, f"not settings: {sorted(unknown)}"
     for key, value in data.items():
         monkeypatch.setenv(key, value)
