@@ -8,15 +8,17 @@ import json
 import logging
 import os
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from moto.server import ThreadedMotoServer
 
+from services.scheduler.app import create_service as create_scheduler
 from shared.embedded import EmbeddedNats, start_nats
 from shared.log import configure_logging
+from shared.service import ServiceApp
 from shared.settings import Settings
 
 DUMMY_ENV = {
@@ -110,6 +112,18 @@ def make_settings(tmp_path: Path) -> Callable[..., Settings]:
 @pytest.fixture
 def settings(make_settings: Callable[..., Settings], nats_server: EmbeddedNats, moto_endpoint: str) -> Settings:
     return make_settings(nats_url=nats_server.url, aws_endpoint_url=moto_endpoint)
+
+
+@pytest.fixture
+async def scheduler(settings: Settings) -> AsyncIterator[ServiceApp]:
+    """A running scheduler service on the test's nats-server (and moto)."""
+    assert settings.nats_url
+    app = create_scheduler(settings, url=settings.nats_url)
+    await app.start()
+    try:
+        yield app
+    finally:
+        await app.stop()
 
 
 def boto3_client(endpoint: str, service: str, region: str = "us-east-1") -> Any:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import urllib.request
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -122,17 +122,6 @@ async def test_bad_secret_is_explained(
     assert sts.code == "SignatureDoesNotMatch"
     assert sts.fix is not None
     assert "AWS_SECRET_ACCESS_KEY" in sts.fix
-
-
-@pytest.fixture
-async def scheduler(settings: Settings) -> AsyncIterator[ServiceApp]:
-    assert settings.nats_url
-    app = create_scheduler(settings, url=settings.nats_url)
-    await app.start()
-    try:
-        yield app
-    finally:
-        await app.stop()
 
 
 async def test_other_systems_can_test_the_connection_over_nats(

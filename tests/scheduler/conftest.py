@@ -1,4 +1,4 @@
-"""Fixtures of the scheduler tests: a running scheduler service and a client, both on the test's nats-server."""
+"""Fixtures of the scheduler tests: a client on the test's nats-server (the running scheduler: tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,22 +7,8 @@ from collections.abc import AsyncIterator
 import pytest
 from nats.aio.client import Client as NatsClient
 
-from services.scheduler.app import create_service
 from shared.embedded import EmbeddedNats
-from shared.service import ServiceApp
-from shared.settings import Settings
 from tests.helpers import nats_client
-
-
-@pytest.fixture
-async def scheduler(settings: Settings) -> AsyncIterator[ServiceApp]:
-    assert settings.nats_url
-    app = create_service(settings, url=settings.nats_url)
-    await app.start()
-    try:
-        yield app
-    finally:
-        await app.stop()
 
 
 @pytest.fixture
